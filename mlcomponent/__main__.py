@@ -1,0 +1,3 @@
+from mlcomponent.cli import main
+
+main()

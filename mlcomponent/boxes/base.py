@@ -1,0 +1,56 @@
+"""The Box interface, and the key rules every box enforces."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mlcomponent.errors import BadRequest
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """A key is a relative, normalised POSIX path inside a box; anything else is refused."""
+    if not isinstance(key, str) or not key:
+        raise BadRequest(f"{what} must be a non-empty string naming an object in the file box")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise BadRequest(f"{what} {key!r} must be a relative key inside the box (no leading '/', no '\\')")
+    parts = key.split("/")
+    if any(part in ("..", ".") for part in parts) or posixpath.normpath(key) != key.rstrip("/"):
+        raise BadRequest(f"{what} {key!r} must not contain '..', '.' or empty segments")
+    return key
+
+
+class Box(Protocol):
+    """What the runtime needs of a box. Keys are checked by ``check_key`` first."""
+
+    name: str
+
+    def fetch(self, key: str, destination: Path) -> int:
+        """Copy one object to a local file (streaming); returns its size. NotFound if absent."""
+
+    def store(self, source: Path, key: str, content_type: str | None = None) -> int:
+        """Upload a local file as one object, atomically: readers never see a partial object."""
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and etag of an object, or None when it does not exist."""
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """Stream an object's bytes (for downloads)."""
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (recursively)."""
+
+    def local_folder(self, prefix: str) -> Path | None:
+        """A local folder that already holds ``prefix`` (local boxes), else None (needs a sync)."""

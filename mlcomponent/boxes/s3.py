@@ -1,0 +1,103 @@
+"""A box that is an S3 bucket. The only module that imports boto3.
+
+Transfers stream through boto3's managed transfer (multipart, bounded memory), and
+an upload only becomes visible when complete, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from mlcomponent.boxes.base import CHUNK, ObjectInfo, check_key
+from mlcomponent.errors import MLComponentError, NotFound
+
+TRANSFER = TransferConfig(multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK,
+                          max_concurrency=4, io_chunksize=CHUNK)
+
+
+def _missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+class S3Box:
+    def __init__(self, name: str, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 access_key: str | None = None, secret_key: str | None = None, prefix: str = "") -> None:
+        self.name = name
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client: Any = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Box({self.name!r}, bucket={self.bucket!r})"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def fetch(self, key: str, destination: Path) -> int:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(destination), Config=TRANSFER)
+        except ClientError as error:
+            if _missing(error):
+                raise NotFound(f"file box {self.name!r} has no object {key!r}") from None
+            raise MLComponentError(f"S3 box {self.name!r}: cannot read {key!r}: {error}") from None
+        return destination.stat().st_size
+
+    def store(self, source: Path, key: str, content_type: str | None = None) -> int:
+        extra = {"ContentType": content_type} if content_type else None
+        try:
+            self.client.upload_file(str(source), self.bucket, self._key(key), ExtraArgs=extra, Config=TRANSFER)
+        except ClientError as error:
+            raise MLComponentError(f"S3 box {self.name!r}: cannot write {key!r}: {error}") from None
+        return source.stat().st_size
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as error:
+            if _missing(error):
+                raise NotFound(f"file box {self.name!r} has no object {key!r}") from None
+            raise
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = self.prefix + (prefix.strip("/") + "/" if prefix.strip("/") else "")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix):]
+                if not key.endswith("/"):
+                    yield ObjectInfo(key, int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+
+    def local_folder(self, prefix: str) -> Path | None:
+        return None
+
+
+def temporary_sibling(path: Path) -> Path:
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".sync-")
+    os.close(handle)
+    return Path(name)

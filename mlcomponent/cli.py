@@ -1,0 +1,136 @@
+"""The command line: the only place argv is parsed and the layers are wired together."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mlcomponent import __version__
+from mlcomponent.errors import EntryPointError, ManifestError
+from mlcomponent.settings import MB, ServeOptions, Settings
+
+
+def _fail(lines: list[str] | str, code: int = 1) -> None:
+    for line in [lines] if isinstance(lines, str) else lines:
+        click.echo(line, err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlcomponent")
+def main() -> None:
+    """Serve one Python inference function as an Open Inference Protocol (KServe V2) service."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+def validate(manifest: str) -> None:
+    """Check MANIFEST (and its entry point and docstring spec, when the module is here)."""
+    from mlcomponent.manifest import load_manifest
+    from mlcomponent.runtime.service import load_function_and_spec
+
+    try:
+        parsed = load_manifest(manifest)
+    except ManifestError as error:
+        _fail(error.problems + [f"{manifest}: {len(error.problems)} problem(s)"])
+        return
+    click.echo(f"{manifest}: manifest OK ({parsed.kind} {parsed.metadata.name})")
+    settings = Settings.build(ServeOptions(manifest=manifest), os.environ)
+    entry = parsed.inference.entry_point
+    module_file = settings.python_path.joinpath(*entry.python_function.split(".")[:-1])
+    if not (module_file.with_suffix(".py").is_file() or (module_file / "__init__.py").is_file()):
+        click.echo(f"{manifest}: entry point not checked: {entry.python_function} is not under "
+                   f"pythonPath {settings.python_path} (a manifest checked on its own)")
+        return
+    try:
+        _, spec = load_function_and_spec(settings)
+    except EntryPointError as error:
+        _fail(f"{manifest}: spec.mlService.inference.entryPoint.pythonFunction: {error}")
+        return
+    if spec.declared:
+        click.echo(f"{entry.python_function}: docstring spec OK ({len(spec.inputs)} inputs, "
+                   f"{len(spec.outputs)} outputs, {len(spec.parameters)} parameters"
+                   f"{', with an example' if spec.example else ''})")
+    else:
+        click.echo(f"{entry.python_function}: no docstring specification; requests will not be validated")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder for local boxes, caches and "
+              "request files. Default: data/ beside the manifest.")
+@click.option("--boxes", type=click.Path(dir_okay=False, exists=True), help="YAML mapping box names to S3 or folders.")
+@click.option("--workers", type=int, help="Worker processes. Default: the manifest's cpu limit in whole cores.")
+@click.option("--timeout", type=float, help="Deadline per request, in seconds (504 past it).")
+@click.option("--max-queue", default=64, show_default=True, type=int, help="Requests waiting per worker before 503.")
+@click.option("--max-json-body", default=64, show_default=True, type=int, help="JSON body limit, MB.")
+@click.option("--max-upload", default=1024, show_default=True, type=int, help="File upload limit, MB.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--auth-token-env", help="Env var holding a bearer token required on data endpoints.")
+@click.option("--auth-token-file", type=click.Path(dir_okay=False), help="File holding that token.")
+@click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
+@click.option("--isolate/--no-isolate", default=False, show_default=True,
+              help="Run the function in a child process (crash isolation, hard timeouts).")
+@click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
+def serve(manifest: str, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
+          timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, log_format: str,
+          log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
+          isolate: bool, reload: bool) -> None:
+    """Serve MANIFEST's inference function over HTTP."""
+    import uvicorn
+
+    from mlcomponent.logs import configure_logging
+    from mlcomponent.runtime.service import load_function_and_spec
+    from mlcomponent.settings import OPTIONS_ENV
+
+    options = ServeOptions(
+        manifest=str(Path(manifest).resolve()), host=host, port=port,
+        data_root=str(Path(data_root).resolve()) if data_root else None,
+        boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout,
+        max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
+        log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
+        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate)
+    configure_logging(log_format, log_level)
+    try:
+        settings = Settings.build(options, os.environ)
+        load_function_and_spec(settings)
+        _sync_mounts(settings)
+    except ManifestError as error:
+        _fail(error.problems)
+    except (EntryPointError, ValueError) as error:
+        _fail(f"cannot start: {error}")
+    os.environ[OPTIONS_ENV] = options.to_env()
+    click.echo(f"serving {settings.model_name} on http://{host}:{port} "
+               f"(workers: {settings.workers}, data: {settings.data_root})", err=True)
+    uvicorn.run(
+        "mlcomponent.http.factory:app", factory=True, host=host, port=port,
+        workers=None if reload else settings.workers, loop="auto", http="auto",
+        access_log=False, log_config=None, timeout_graceful_shutdown=int(grace_period),
+        reload=reload, reload_dirs=[str(settings.module_root)] if reload else None,
+        reload_includes=["*.py", "*.yaml", "*.yml"] if reload else None,
+    )
+
+
+def _sync_mounts(settings: Settings) -> None:
+    """Sync S3 mounts once in the parent process, with a progress bar, before workers start."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from mlcomponent.runtime.mounts import resolve_mounts
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
+        task = bar.add_task("syncing model box", total=None)
+
+        def progress(name: str, size: int) -> None:
+            bar.update(task, advance=size, description=f"synced {name}")
+
+        resolve_mounts(settings, sync=True, progress=progress)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Errors that cross a layer boundary, each carrying the HTTP status it maps to.
+
+The hierarchy, so one handler can render every one of them as ``{"error": ...}``::
+
+    MLComponentError (500)
+    ├── BadRequest (400)            the client sent something we cannot serve
+    │   └── SpecViolation (400)     the request breaks the docstring specification
+    ├── NotFound (404)              unknown model, file or route
+    ├── PayloadTooLarge (413)       a body or upload over its limit
+    ├── FunctionFailed (500)        the user's inference function raised
+    ├── BadFunctionOutput (500)     the function returned something malformed
+    ├── WorkerDied (500)            the worker process running the function died
+    ├── NotReady (503)              the model is not loaded yet (or overloaded)
+    └── Timeout (504)               the call ran past its deadline
+
+``ManifestError`` and ``EntryPointError`` are start-up errors: they are reported by
+the CLI and never reach HTTP. Nothing here imports a web framework.
+"""
+
+from __future__ import annotations
+
+
+class MLComponentError(Exception):
+    """Base of every error we raise on purpose; ``status`` is the HTTP status."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequest(MLComponentError):
+    status = 400
+
+
+class SpecViolation(BadRequest):
+    status = 400
+
+
+class NotFound(MLComponentError):
+    status = 404
+
+
+class PayloadTooLarge(MLComponentError):
+    status = 413
+
+
+class FunctionFailed(MLComponentError):
+    status = 500
+
+
+class BadFunctionOutput(MLComponentError):
+    status = 500
+
+
+class WorkerDied(MLComponentError):
+    status = 500
+
+
+class NotReady(MLComponentError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Timeout(MLComponentError):
+    status = 504
+
+
+class ManifestError(Exception):
+    """A manifest that does not validate; ``problems`` holds one line per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class EntryPointError(Exception):
+    """The entry point cannot be imported, is missing, or has the wrong signature."""

@@ -1,0 +1,1 @@
+"""HTTP transport over the data plane."""

@@ -1,0 +1,157 @@
+"""The HTTP transport: one route table over the data plane, one error handler.
+
+Open Inference Protocol (KServe V2) REST endpoints, plus file downloads, metrics,
+the playground page and an OpenAPI description.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from mlcomponent import __version__
+from mlcomponent.boxes.base import check_key
+from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
+from mlcomponent.http.body import read_body
+from mlcomponent.http.metadata import model_metadata
+from mlcomponent.http.multipart import is_multipart, read_multipart
+from mlcomponent.runtime.dataplane import DataPlane
+from mlcomponent.runtime.files import KEY_ROOT
+from mlcomponent.runtime.service import Service
+
+log = logging.getLogger("mlcomponent.http")
+JSON = "application/json"
+EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON)
+
+
+def error_response(error: MLComponentError) -> Response:
+    headers = None
+    if isinstance(error, NotReady) and error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after)}
+    return json_response({"error": error.message}, error.status, headers)
+
+
+def create_app(service: Service) -> Starlette:
+    plane: DataPlane = service.dataplane
+    options = service.settings.options
+
+    async def live(request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return json_response({"ready": plane.ready}, 200 if plane.ready else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response({"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS})
+
+    async def metadata(request: Request) -> Response:
+        plane.check_model(request.path_params["name"])
+        return json_response(model_metadata(plane.model_name, plane.spec))
+
+    async def model_ready(request: Request) -> Response:
+        plane.check_model(request.path_params["name"])
+        return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
+
+    async def infer(request: Request) -> Response:
+        plane.check_model(request.path_params["name"])
+
+        def url_for(key: str) -> str:
+            return str(request.url_for("file", name=plane.model_name, key=key))
+
+        files = plane.request_files(url_for)
+        try:
+            if is_multipart(request):
+                body = await read_multipart(request, files, options.max_json_body, options.max_upload)
+            else:
+                body = _parse_json(await read_body(request, options.max_json_body))
+            result = await plane.infer(body, files)
+        finally:
+            files.cleanup()
+        return json_response(result)
+
+    async def download(request: Request) -> Response:
+        plane.check_model(request.path_params["name"])
+        key = check_key(request.path_params["key"])
+        if not key.startswith(f"{KEY_ROOT}/{plane.model_name}/"):
+            raise NotFound(f"no file {key!r}: only files this service wrote can be downloaded here")
+        info = plane.file_box.stat(key)
+        if info is None:
+            raise NotFound(f"no file {key!r} in the file box")
+        import mimetypes
+
+        media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        return StreamingResponse(plane.file_box.read_chunks(key), media_type=media,
+                                 headers={"Content-Length": str(info.size)})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+
+    async def mlcomponent_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MLComponentError)
+        if exc.status >= 500:
+            log.error("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.message)
+        return error_response(exc)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route(model, metadata),
+        Route(version, metadata),
+        Route(model + "/ready", model_ready),
+        Route(version + "/ready", model_ready),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(version + "/infer", infer, methods=["POST"]),
+        Route(model + "/files/{key:path}", download, name="file"),
+    ]
+    for extra in service.extra_routes():
+        routes.append(extra)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            404: not_found,
+            405: method_not_allowed,
+            MLComponentError: mlcomponent_error,
+            Exception: unexpected,
+        },
+    )
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON object with `inputs`")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None

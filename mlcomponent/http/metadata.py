@@ -1,0 +1,42 @@
+"""Model metadata in the V2 shape; our extra fields live under ``parameters``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlcomponent.spec.model import FunctionSpec, TensorSpec
+
+
+def _tensor(tensor: TensorSpec) -> dict[str, Any]:
+    extra: dict[str, Any] = {"description": tensor.description, "optional": tensor.optional}
+    if tensor.content_type:
+        extra["content_type"] = tensor.content_type
+    if tensor.range is not None:
+        extra["range"] = list(tensor.range)
+    if tensor.values is not None:
+        extra["values"] = list(tensor.values)
+    if tensor.allow_nan:
+        extra["nan"] = True
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": extra}
+
+
+def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"declared": spec.declared, "description": spec.summary}
+    if spec.parameters:
+        parameters["parameters"] = [
+            {"name": p.name, "type": p.type, "description": p.description, "required": p.required,
+             **({"default": p.default} if p.has_default else {}),
+             **({"range": list(p.range)} if p.range is not None else {}),
+             **({"values": list(p.values)} if p.values is not None else {})}
+            for p in spec.parameters
+        ]
+    if spec.example is not None:
+        parameters["example"] = spec.example
+    return {
+        "name": name,
+        "versions": [],
+        "platform": "mlcomponent",
+        "inputs": [_tensor(t) for t in spec.inputs],
+        "outputs": [_tensor(t) for t in spec.outputs],
+        "parameters": parameters,
+    }

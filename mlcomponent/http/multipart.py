@@ -1,0 +1,137 @@
+"""Stream a ``multipart/form-data`` inference request: JSON in memory, files to disk.
+
+The ``request`` part holds the V2 JSON; every other part is a file for the FILE
+input of the same name, written straight into the request folder (never buffered
+whole, never outside the folder), with 413 as soon as a limit is passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import orjson
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from mlcomponent.errors import BadRequest, PayloadTooLarge
+from mlcomponent.runtime.files import RequestFiles
+
+
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+class _Reader:
+    def __init__(self, files: RequestFiles, max_json: int, max_upload: int) -> None:
+        self.files = files
+        self.max_json = max_json
+        self.max_upload = max_upload
+        self.headers: dict[bytes, bytes] = {}
+        self.field = b""
+        self.value = b""
+        self.name: str | None = None
+        self.sink: BinaryIO | None = None
+        self.json = bytearray()
+        self.saw_request = False
+        self.file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.name = None
+        self.sink = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.lower()] = self.value
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        raw_name = options.get(b"name")
+        if raw_name is None:
+            raise BadRequest("multipart: a part has no name in its Content-Disposition")
+        self.name = raw_name.decode("utf-8", "replace")
+        if self.name == "request":
+            self.saw_request = True
+            return
+        filename = options.get(b"filename")
+        target = self.files.upload_target(self.name, filename.decode("utf-8", "replace") if filename else None)
+        content_type = self.headers.get(b"content-type", b"").decode("latin-1") or None
+        self.files.uploaded[self.name] = (target, content_type)
+        self.sink = target.open("wb")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.sink is not None:
+            self.file_bytes += end - start
+            if self.file_bytes > self.max_upload:
+                raise PayloadTooLarge(f"uploaded files are over the {self.max_upload} byte limit (--max-upload)")
+            self.sink.write(data[start:end])
+        elif self.name == "request":
+            self.json += data[start:end]
+            if len(self.json) > self.max_json:
+                raise PayloadTooLarge(f"the `request` part is over the {self.max_json} byte limit (--max-json-body)")
+
+    def on_part_end(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.files.bytes_in += self.file_bytes
+            self.sink = None
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+async def read_multipart(request: Request, files: RequestFiles, max_json: int, max_upload: int) -> dict[str, Any]:
+    _, options = parse_options_header(request.headers["content-type"])
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    reader = _Reader(files, max_json, max_upload)
+    callbacks: Any = {name: getattr(reader, name) for name in (
+        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+        "on_part_data", "on_part_end")}
+    parser = MultipartParser(boundary, callbacks)
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except (BadRequest, PayloadTooLarge):
+        raise
+    except Exception as error:  # the parser's own errors: malformed multipart
+        raise BadRequest(f"malformed multipart body: {error}") from None
+    finally:
+        reader.close()
+    body = _request_json(bytes(reader.json)) if reader.saw_request else {"inputs": []}
+    return _merge_uploads(body, files)
+
+
+def _request_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw.strip() else {"inputs": []}
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"multipart `request` part: malformed JSON: {error}") from None
+
+
+def _merge_uploads(body: Any, files: RequestFiles) -> Any:
+    """Every uploaded part is a FILE input; add those the JSON does not mention."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs", []), list):
+        return body
+    inputs = body.setdefault("inputs", [])
+    named = {item.get("name") for item in inputs if isinstance(item, dict)}
+    for name in files.uploaded:
+        if name not in named:
+            inputs.append({"name": name, "datatype": "FILE", "shape": [1]})
+    for item in inputs:
+        if isinstance(item, dict) and item.get("name") in files.uploaded:
+            if item.get("datatype") not in (None, "FILE"):
+                raise BadRequest(f"input {item['name']!r} has a file part but datatype {item['datatype']!r}; "
+                                 "file parts are for FILE inputs")
+            item.setdefault("datatype", "FILE")
+            item["data"] = None
+    return body

@@ -1,0 +1,1 @@
+"""Kubernetes: the CRD, the objects an MLComponent becomes, and the operator."""

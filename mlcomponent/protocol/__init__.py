@@ -1,0 +1,1 @@
+"""The Open Inference Protocol wire format: decode requests, check and encode responses."""

@@ -1,0 +1,225 @@
+"""Decode a V2 inference request into the dicts the user's function receives.
+
+This is the hot path: plain dict access, no per-request model classes. Every
+rejection is a ``BadRequest`` whose message names the input, output or parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlcomponent.errors import BadRequest, SpecViolation
+from mlcomponent.protocol.tensors import (
+    DATATYPES,
+    canonical_datatype,
+    flatten,
+    shape_problem,
+    values_problem,
+)
+from mlcomponent.spec.docstring import parameter_value_problem
+from mlcomponent.spec.model import FunctionSpec, TensorSpec
+
+# Request parameters that steer the server and never reach the function.
+RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})
+PRIMITIVES = (str, int, float, bool)
+
+
+@dataclass
+class InferenceCall:
+    """One decoded request: exactly the function's arguments, plus how to answer."""
+
+    id: str | None
+    parameters: list[dict[str, Any]]
+    inputs: list[dict[str, Any]]
+    output_fields: list[dict[str, Any]]
+    timeout: float | None = None
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_all: bool = False
+    speaks_bytes: bool = False
+    file_inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _datatype(raw: Any, where: str) -> str:
+    datatype = canonical_datatype(raw)
+    if datatype is None:
+        raise BadRequest(f"{where}: unknown datatype {raw!r}; use one of {', '.join(DATATYPES)} (or BYTES for str)")
+    return datatype
+
+
+def _content_type(item: dict[str, Any], params: dict[str, Any]) -> str | None:
+    value = item.get("content_type", params.get("content_type"))
+    return value if isinstance(value, str) else None
+
+
+def decode_input(item: Any, index: int, spec: FunctionSpec) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype, data")
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"inputs[{index}]: `name` must be a non-empty string")
+    where = f"input {name!r}"
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}: `parameters` must be an object")
+    datatype = _datatype(item.get("datatype"), where)
+    declared = spec.inputs_by_name.get(name)
+    if spec.declared and declared is None:
+        known = ", ".join(spec.inputs_by_name) or "none"
+        raise SpecViolation(f"{where} is not declared by the function (declared inputs: {known})")
+    content_type = _content_type(item, params)
+    shape = item.get("shape")
+    if datatype == "FILE":
+        shape = [1] if shape is None else shape
+        problem = shape_problem(shape)
+        if problem:
+            raise BadRequest(f"{where}: {problem}")
+        data = item.get("data")
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        if data is not None and not isinstance(data, str):
+            raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {data!r}")
+    else:
+        problem = shape_problem(shape)
+        if problem:
+            raise BadRequest(f"{where}: {problem}")
+        if "data" not in item:
+            raise BadRequest(f"{where}: `data` is missing")
+        data = flatten(item["data"])
+        expected = 1
+        for size in shape:
+            expected *= size
+        if len(data) != expected:
+            raise BadRequest(f"{where}: shape {shape} needs {expected} elements, data has {len(data)}")
+        problem = values_problem(datatype, data, declared.allow_nan if declared else False)
+        if problem:
+            raise BadRequest(f"{where}: {problem}")
+    if declared is not None:
+        _check_declared(declared, datatype, shape, content_type, data, where)
+    return {"name": name, "datatype": datatype, "content_type": content_type, "data": data, "shape": shape}
+
+
+def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], content_type: str | None,
+                    data: Any, where: str) -> None:
+    if declared.datatype != datatype:
+        raise SpecViolation(f"{where}: datatype {datatype} does not match the declared {declared.datatype}")
+    if not declared.shape_matches(shape):
+        want = [d if d >= 0 else "any" for d in declared.shape]
+        raise SpecViolation(f"{where}: shape {shape} does not match the declared shape {want}")
+    if datatype == "FILE":
+        if not declared.content_type_matches(content_type):
+            raise SpecViolation(
+                f"{where}: content type {content_type!r} does not match the declared {declared.content_type!r}")
+        return
+    if declared.range is not None:
+        low, high = declared.range
+        for index, value in enumerate(data):
+            if not low <= value <= high:
+                raise SpecViolation(f"{where}: element {index} = {value!r} is outside the declared range [{low:g}, {high:g}]")
+    if declared.values is not None:
+        allowed = set(declared.values)
+        for index, value in enumerate(data):
+            if value not in allowed:
+                raise SpecViolation(f"{where}: element {index} = {value!r} is not one of {list(declared.values)}")
+
+
+def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The function's ``[{"name", "value"}]`` list (defaults filled) and the reserved ones."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadRequest("`parameters` must be an object mapping names to primitive values")
+    reserved = {k: raw[k] for k in RESERVED_PARAMETERS if k in raw}
+    result: list[dict[str, Any]] = []
+    for name, value in raw.items():
+        if name in RESERVED_PARAMETERS:
+            continue
+        declared = spec.parameters_by_name.get(name)
+        if declared is None:
+            if spec.parameters:
+                known = ", ".join(spec.parameters_by_name)
+                raise SpecViolation(f"parameter {name!r} is not declared (declared parameters: {known})")
+            if not isinstance(value, PRIMITIVES) and value is not None:
+                raise BadRequest(f"parameter {name!r} must be a primitive value (string, number, boolean)")
+        else:
+            problem = parameter_value_problem(declared, value)
+            if problem:
+                raise SpecViolation(f"parameter {name!r}: {problem}")
+        result.append({"name": name, "value": value})
+    for declared in spec.parameters:
+        if declared.name in raw:
+            continue
+        if declared.has_default:
+            result.append({"name": declared.name, "value": declared.default})
+        elif declared.required:
+            raise SpecViolation(f"parameter {declared.name!r} is required ({declared.type}): {declared.description}")
+    return result, reserved
+
+
+def decode_outputs(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]], set[str]]:
+    """``output_fields`` for the function, and the names the client wants in binary."""
+    binary: set[str] = set()
+    if raw is None:
+        return [_field(t.name, t.datatype, t.content_type, list(t.shape)) for t in spec.default_outputs], binary
+    if not isinstance(raw, list):
+        raise BadRequest("`outputs` must be a list of {name, parameters}")
+    fields = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest(f"outputs[{index}] must be an object with a string `name`")
+        name = item["name"]
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"output {name!r}: `parameters` must be an object")
+        declared = spec.outputs_by_name.get(name)
+        if spec.declared and declared is None:
+            known = ", ".join(spec.outputs_by_name) or "none"
+            raise SpecViolation(f"output {name!r} is not declared by the function (declared outputs: {known})")
+        datatype = params.get("datatype", declared.datatype if declared else None)
+        if datatype is not None:
+            datatype = _datatype(datatype, f"output {name!r}")
+        content_type = params.get("content_type", declared.content_type if declared else None)
+        shape = params.get("shape", list(declared.shape) if declared else None)
+        if params.get("binary_data"):
+            binary.add(name)
+        fields.append(_field(name, datatype, content_type, shape))
+    return fields, binary
+
+
+def _field(name: str, datatype: str | None, content_type: str | None, shape: list[int] | None) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "content_type": content_type, "data": None, "shape": shape}
+
+
+def decode_request(body: Any, spec: FunctionSpec) -> InferenceCall:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with `inputs`")
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise BadRequest("`inputs` is missing or not a list; send {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}")
+    inputs = [decode_input(item, index, spec) for index, item in enumerate(raw_inputs)]
+    seen: set[str] = set()
+    for item in inputs:
+        if item["name"] in seen:
+            raise BadRequest(f"input {item['name']!r} is given twice")
+        seen.add(item["name"])
+    for declared in spec.inputs:
+        if not declared.optional and declared.name not in seen:
+            raise SpecViolation(f"input {declared.name!r} is required ({declared.datatype}, shape "
+                                f"{list(declared.shape)}): {declared.description}")
+    parameters, reserved = decode_parameters(body.get("parameters"), spec)
+    output_fields, binary = decode_outputs(body.get("outputs"), spec)
+    request_id = body.get("id")
+    timeout = reserved.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise BadRequest(f"parameter 'timeout' must be a positive number of seconds, got {timeout!r}")
+    return InferenceCall(
+        id=str(request_id) if request_id is not None else None,
+        parameters=parameters,
+        inputs=inputs,
+        output_fields=output_fields,
+        timeout=float(timeout) if timeout is not None else None,
+        binary_outputs=binary,
+        binary_all=bool(reserved.get("binary_data_output")),
+        speaks_bytes=any(isinstance(i, dict) and i.get("datatype") == "BYTES" for i in raw_inputs),
+        file_inputs=[i for i in inputs if i["datatype"] == "FILE"],
+    )

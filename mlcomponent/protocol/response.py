@@ -1,0 +1,97 @@
+"""Check what the function returned, and encode the V2 inference response.
+
+A malformed output is the function's fault: ``BadFunctionOutput`` (500) naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlcomponent.errors import BadFunctionOutput
+from mlcomponent.protocol.request import InferenceCall
+from mlcomponent.protocol.tensors import as_plain, canonical_datatype, flatten, shape_problem, values_problem
+from mlcomponent.spec.model import FunctionSpec
+
+
+def check_outputs(returned: Any, call: InferenceCall, spec: FunctionSpec) -> list[dict[str, Any]]:
+    """Normalise the function's outputs (flat data, plain values) in the requested order."""
+    if not isinstance(returned, (list, tuple)):
+        raise BadFunctionOutput(f"inference returned outputs of type {type(returned).__name__}; "
+                                "return a list of {name, datatype, data, shape} dicts")
+    by_name: dict[str, dict[str, Any]] = {}
+    for index, item in enumerate(returned):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadFunctionOutput(f"inference returned outputs[{index}] = {item!r:.80}; each output must "
+                                    "be a dict with a string `name`")
+        by_name[item["name"]] = item
+    requested = {f["name"]: f for f in call.output_fields}
+    names = list(requested) if requested else list(by_name)
+    outputs = []
+    for name in names:
+        item = by_name.get(name)
+        if item is None:
+            raise BadFunctionOutput(f"inference did not return the requested output {name!r} "
+                                    f"(it returned: {', '.join(by_name) or 'nothing'})")
+        outputs.append(_check_one(item, requested.get(name), spec))
+    return outputs
+
+
+def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: FunctionSpec) -> dict[str, Any]:
+    name = item["name"]
+    where = f"inference output {name!r}"
+    raw_type = item.get("datatype") or (requested or {}).get("datatype")
+    datatype = canonical_datatype(raw_type)
+    if datatype is None:
+        raise BadFunctionOutput(f"{where}: datatype {raw_type!r} is not one of FP32, FP64, INT32, str, FILE")
+    declared = spec.outputs_by_name.get(name)
+    if declared is not None and declared.datatype != datatype:
+        raise BadFunctionOutput(f"{where}: datatype {datatype} differs from the declared {declared.datatype}")
+    data = as_plain(item.get("data"))
+    shape = as_plain(item.get("shape"))
+    if datatype == "FILE":
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        if not isinstance(data, str):
+            raise BadFunctionOutput(f"{where}: FILE data must be the path of the written file, got {data!r:.80}")
+        shape = [1] if shape is None else shape
+    else:
+        data = flatten(data)
+        if shape is None:
+            shape = [len(data)]
+    problem = shape_problem(shape)
+    if problem:
+        raise BadFunctionOutput(f"{where}: {problem}")
+    if datatype != "FILE":
+        expected = 1
+        for size in shape:
+            expected *= size
+        if len(data) != expected:
+            raise BadFunctionOutput(f"{where}: shape {shape} needs {expected} elements, data has {len(data)}")
+        problem = values_problem(datatype, data, declared.allow_nan if declared else False)
+        if problem:
+            raise BadFunctionOutput(f"{where}: {problem}")
+    if declared is not None and not declared.shape_matches(shape):
+        raise BadFunctionOutput(f"{where}: shape {shape} does not match the declared {list(declared.shape)}")
+    content_type = item.get("content_type") or (requested or {}).get("content_type")
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data, "content_type": content_type}
+
+
+def encode_response(model_name: str, call: InferenceCall, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The V2 response body (before any binary extension is applied)."""
+    encoded = []
+    for output in outputs:
+        datatype = output["datatype"]
+        if datatype == "str" and call.speaks_bytes:
+            datatype = "BYTES"
+        entry: dict[str, Any] = {"name": output["name"], "datatype": datatype, "shape": output["shape"],
+                                 "data": output["data"]}
+        params = output.get("parameters")
+        if output.get("content_type"):
+            params = {**(params or {}), "content_type": output["content_type"]}
+        if params:
+            entry["parameters"] = params
+        encoded.append(entry)
+    body: dict[str, Any] = {"model_name": model_name, "outputs": encoded}
+    if call.id is not None:
+        body["id"] = call.id
+    return body

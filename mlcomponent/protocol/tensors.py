@@ -1,0 +1,95 @@
+"""Tensor data checks shared by requests and function outputs: flatten, shape, datatype.
+
+Each check returns a message (or None) so the caller decides whose fault it is:
+the client's (400) for inputs, the function's (500) for outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DATATYPES = ("FP32", "FP64", "INT32", "str", "FILE")
+ALIASES = {"BYTES": "str"}
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FP32_MAX = 3.4028234663852886e38
+
+
+def canonical_datatype(datatype: Any) -> str | None:
+    """Our name for a wire datatype, or None when it is not one we serve."""
+    if not isinstance(datatype, str):
+        return None
+    datatype = ALIASES.get(datatype, datatype)
+    return datatype if datatype in DATATYPES else None
+
+
+def flatten(data: Any) -> list[Any]:
+    """Row-major flattening of nested lists; a flat list is returned as it is."""
+    if not isinstance(data, list):
+        return [data]
+    for item in data:
+        if isinstance(item, list):
+            break
+    else:
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def element_count(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
+def shape_problem(shape: Any) -> str | None:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        return f"shape must be a list of non-negative integers, got {shape!r}"
+    return None
+
+
+def values_problem(datatype: str, data: list[Any], allow_nan: bool = False) -> str | None:
+    """Why the flat ``data`` does not fit ``datatype``, or None."""
+    if datatype == "INT32":
+        for index, value in enumerate(data):
+            if type(value) is not int:
+                return f"element {index} is {value!r}, not an integer (INT32)"
+            if not INT32_MIN <= value <= INT32_MAX:
+                return f"element {index} = {value} is out of INT32 range [{INT32_MIN}, {INT32_MAX}]"
+        return None
+    if datatype in ("FP32", "FP64"):
+        limit = FP32_MAX if datatype == "FP32" else math.inf
+        for index, value in enumerate(data):
+            kind = type(value)
+            if kind is not float and kind is not int:
+                return f"element {index} is {value!r}, not a number ({datatype})"
+            if not (-limit <= value <= limit):
+                if value != value or math.isinf(value):
+                    if allow_nan:
+                        continue
+                    return f"element {index} is {value!r}; {datatype} values must be finite"
+                return f"element {index} = {value} overflows {datatype}"
+        return None
+    if datatype == "str":
+        for index, value in enumerate(data):
+            if type(value) is not str:
+                return f"element {index} is {value!r}, not a string (str)"
+        return None
+    return None
+
+
+def as_plain(data: Any) -> Any:
+    """Turn numpy arrays and scalars (anything with ``tolist``) into plain Python values."""
+    tolist = getattr(data, "tolist", None)
+    if tolist is not None and not isinstance(data, (list, str, bytes)):
+        return tolist()
+    return data

@@ -1,0 +1,1 @@
+"""The runtime: load the entry point, hold the model, run requests through the function."""

@@ -1,0 +1,132 @@
+"""One request's files: a private folder under inferenceFilesPath, inputs in, outputs out.
+
+Life cycle: FILE inputs are copied from the file box (or written by the multipart
+reader) into the folder; FILE outputs get fresh paths there; what the function
+wrote is uploaded to the file box under a collision-free key; the folder is
+removed after the answer, whatever happened.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlcomponent.boxes.base import Box, check_key
+from mlcomponent.errors import BadFunctionOutput, BadRequest
+
+KEY_ROOT = "mlcomponent"
+
+
+def extension_for(content_type: str | None) -> str:
+    if not content_type:
+        return ".bin"
+    base = content_type.split(";")[0].strip().lower()
+    return {"text/csv": ".csv", "image/jpeg": ".jpg", "text/plain": ".txt"}.get(base) or (
+        mimetypes.guess_extension(base) or ".bin")
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """A client-supplied file name reduced to one harmless path segment."""
+    base = posixpath.basename((name or "").replace("\\", "/")).strip()
+    cleaned = "".join(c for c in base if c.isalnum() or c in "-_.")[:120].lstrip(".")
+    return cleaned or fallback
+
+
+class RequestFiles:
+    def __init__(self, root: Path, box: Box, model_name: str, url_for: Callable[[str], str]) -> None:
+        self.id = uuid.uuid4().hex
+        self.root = root
+        self.folder = root / self.id
+        self.box = box
+        self.model_name = model_name
+        self.url_for = url_for
+        self.uploaded: dict[str, tuple[Path, str | None]] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.keep_uploads = True
+        self._created = False
+
+    def ensure_folder(self) -> Path:
+        if not self._created:
+            self.folder.mkdir(parents=True, exist_ok=False)
+            self._created = True
+        return self.folder
+
+    def upload_target(self, input_name: str, filename: str | None) -> Path:
+        """Where the multipart reader writes the file part for ``input_name``."""
+        if input_name in self.uploaded:
+            raise BadRequest(f"multipart: more than one file part for input {input_name!r}")
+        folder = self.ensure_folder() / "in" / safe_filename(input_name, "input")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / safe_filename(filename, "upload")
+
+    def key_prefix(self, kind: str) -> str:
+        return f"{KEY_ROOT}/{self.model_name}/{kind}/{self.id}"
+
+    def prepare_inputs(self, inputs: list[dict[str, Any]]) -> None:
+        """Give each FILE input a local path: its uploaded part, or a copy of its key."""
+        for item in inputs:
+            if item["datatype"] != "FILE":
+                continue
+            name = item["name"]
+            if name in self.uploaded:
+                path, part_type = self.uploaded[name]
+                item["content_type"] = item["content_type"] or part_type
+                if self.keep_uploads:
+                    key = f"{self.key_prefix('uploads')}/{safe_filename(name, 'input')}/{path.name}"
+                    self.box.store(path, key, item["content_type"])
+                item["data"] = str(path)
+                continue
+            if item["data"] is None:
+                raise BadRequest(f"input {name!r}: FILE data is missing; give a key in the file box, "
+                                 "or send the file as a multipart part named after the input")
+            key = check_key(item["data"], f"input {name!r}: key")
+            folder = self.ensure_folder() / "in" / safe_filename(name, "input")
+            folder.mkdir(parents=True, exist_ok=True)
+            destination = folder / safe_filename(posixpath.basename(key), "input")
+            self.bytes_in += self.box.fetch(key, destination)
+            item["data"] = str(destination)
+
+    def prepare_outputs(self, output_fields: list[dict[str, Any]]) -> None:
+        for item in output_fields:
+            if item["datatype"] == "FILE":
+                folder = self.ensure_folder() / "out"
+                folder.mkdir(exist_ok=True)
+                item["data"] = str(folder / (safe_filename(item["name"], "output") + extension_for(item["content_type"])))
+
+    def publish(self, outputs: list[dict[str, Any]]) -> None:
+        """Upload each FILE output the function wrote; answer with its key and download URL."""
+        for item in outputs:
+            if item["datatype"] != "FILE":
+                continue
+            path = self._confined(item["data"], item["name"])
+            suffix = path.suffix or extension_for(item["content_type"])
+            key = f"{self.key_prefix('outputs')}/{safe_filename(item['name'], 'output')}{suffix}"
+            content_type = item["content_type"] or mimetypes.guess_type(path.name)[0]
+            self.bytes_out += self.box.store(path, key, content_type)
+            item["data"] = [key]
+            item["content_type"] = content_type
+            item["parameters"] = {"url": self.url_for(key)}
+
+    def _confined(self, returned: str, name: str) -> Path:
+        if not self._created:
+            raise BadFunctionOutput(f"inference output {name!r} is a FILE at {returned!r}, but the request "
+                                    "folder was never created; write to the path given in output_fields")
+        folder = self.folder.resolve()
+        path = Path(returned)
+        path = (path if path.is_absolute() else folder / path).resolve()
+        if folder not in path.parents:
+            raise BadFunctionOutput(f"inference output {name!r}: {returned!r} is outside the request folder; "
+                                    "write FILE outputs to the path given in output_fields")
+        if not path.is_file():
+            raise BadFunctionOutput(f"inference output {name!r}: no file was written at {returned!r}")
+        return path
+
+    def cleanup(self) -> None:
+        if self._created:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The docstring specification: parse it, and the model of what it declares."""

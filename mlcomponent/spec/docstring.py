@@ -1,0 +1,314 @@
+"""Parse the docstring specification of an inference function.
+
+The format (see docs/docstring-spec.md) is four optional sections, Google-style::
+
+    Inputs:
+        image (FILE, shape=[1], content_type=image/png): a photo of one digit.
+    Outputs:
+        label (INT32, shape=[1]): the digit.
+    Parameters:
+        top_k (int, default=3, range=[1, 10]): how many classes to list.
+    Example:
+        inputs:
+          image: digit.png
+        parameters:
+          top_k: 1
+
+Parsing reads only the docstring text: no user code runs beyond the import.
+Every error names the line of the docstring (and of the source file when known).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import re
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from mlcomponent.spec.model import DATATYPES, PARAMETER_TYPES, FunctionSpec, ParameterSpec, TensorSpec
+
+SECTIONS = {"inputs": "inputs", "outputs": "outputs", "parameters": "parameters", "example": "example"}
+_HEADER = re.compile(r"^([A-Za-z][A-Za-z ]*):\s*$")
+_ENTRY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)\s*\((?P<attrs>.*)\)\s*:\s*(?P<desc>.*)$")
+TENSOR_FLAGS = {"optional", "nan"}
+TENSOR_KEYS = {"shape", "content_type", "range", "values"}
+PARAMETER_FLAGS = {"optional"}
+PARAMETER_KEYS = {"default", "range", "values"}
+
+
+class DocstringSpecError(ValueError):
+    """A docstring specification that cannot be parsed; names the line at fault."""
+
+    def __init__(self, message: str, line: int, source_line: int | None = None) -> None:
+        where = f"docstring line {line}" + (f" (source line {source_line})" if source_line else "")
+        super().__init__(f"{where}: {message}")
+        self.line = line
+
+
+def docstring_lines(doc: str) -> list[str]:
+    """Docstring lines with the common indent removed, keeping line numbering intact."""
+    lines = doc.expandtabs().split("\n")
+    rest = textwrap.dedent("\n".join(lines[1:])).split("\n") if len(lines) > 1 else []
+    return [lines[0].strip()] + rest
+
+
+def _split_attrs(text: str) -> list[str]:
+    """Split on commas that are not inside brackets or quotes."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    if current.strip():
+        parts.append(current.strip())
+    return parts
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _range(value: Any, fail: Callable[[str], Exception]) -> tuple[float, float]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or value[0] > value[1]
+    ):
+        raise fail("range must be [low, high] with two numbers, low <= high")
+    return float(value[0]), float(value[1])
+
+
+def _attributes(text: str, flags: set[str], keys: set[str], fail: Callable[[str], Exception]) -> tuple[str, dict[str, Any]]:
+    parts = _split_attrs(text)
+    if not parts or "=" in parts[0]:
+        raise fail("the first item in parentheses must be the type, e.g. (FP32, shape=[-1])")
+    found: dict[str, Any] = {}
+    for part in parts[1:]:
+        key, eq, raw = part.partition("=")
+        key = key.strip()
+        if not eq:
+            if key not in flags:
+                raise fail(f"unknown flag {key!r}; flags are: {', '.join(sorted(flags))}")
+            found[key] = True
+            continue
+        if key not in keys:
+            raise fail(f"unknown attribute {key!r}; attributes are: {', '.join(sorted(keys))}")
+        found[key] = _scalar(raw.strip())
+    return parts[0].strip(), found
+
+
+def _tensor(name: str, attrs: str, desc: str, line: int, fail: Callable[[str], Exception]) -> TensorSpec:
+    datatype, found = _attributes(attrs, TENSOR_FLAGS, TENSOR_KEYS, fail)
+    if datatype == "BYTES":
+        datatype = "str"
+    if datatype not in DATATYPES:
+        raise fail(f"unknown datatype {datatype!r} for {name!r}; use one of {', '.join(DATATYPES)}")
+    shape = found.get("shape", [1] if datatype == "FILE" else [-1])
+    if not isinstance(shape, list) or not shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 0) for d in shape
+    ):
+        raise fail(f"shape of {name!r} must be a list of sizes, -1 for any size, e.g. [-1, 4]")
+    content_type = found.get("content_type")
+    if content_type is not None and datatype != "FILE":
+        raise fail(f"content_type applies to FILE only, and {name!r} is {datatype}")
+    values = found.get("values")
+    if values is not None and not isinstance(values, list):
+        raise fail("values must be a list, e.g. values=[a, b]")
+    return TensorSpec(
+        name=name,
+        datatype=datatype,
+        shape=tuple(shape),
+        content_type=str(content_type) if content_type is not None else None,
+        description=desc,
+        range=_range(found["range"], fail) if "range" in found else None,
+        values=tuple(values) if values is not None else None,
+        optional=bool(found.get("optional")),
+        allow_nan=bool(found.get("nan")),
+        line=line,
+    )
+
+
+def _parameter(name: str, attrs: str, desc: str, line: int, fail: Callable[[str], Exception]) -> ParameterSpec:
+    kind, found = _attributes(attrs, PARAMETER_FLAGS, PARAMETER_KEYS, fail)
+    if kind not in PARAMETER_TYPES:
+        raise fail(f"unknown parameter type {kind!r} for {name!r}; use one of {', '.join(PARAMETER_TYPES)}")
+    spec = ParameterSpec(
+        name=name,
+        type=kind,
+        default=found.get("default"),
+        has_default="default" in found,
+        description=desc,
+        range=_range(found["range"], fail) if "range" in found else None,
+        values=tuple(found["values"]) if isinstance(found.get("values"), list) else None,
+        optional=bool(found.get("optional")),
+        line=line,
+    )
+    if "values" in found and spec.values is None:
+        raise fail("values must be a list, e.g. values=[a, b]")
+    if spec.has_default:
+        problem = parameter_value_problem(spec, spec.default)
+        if problem:
+            raise fail(f"default of {name!r}: {problem}")
+    return spec
+
+
+def parameter_value_problem(spec: ParameterSpec, value: Any) -> str | None:
+    """Why ``value`` does not fit ``spec``, or None when it does."""
+    kind = PARAMETER_TYPES[spec.type]
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        return f"must be of type {spec.type}, got {type(value).__name__} {value!r}"
+    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+        return f"{value!r} is outside the allowed range [{_num(spec.range[0])}, {_num(spec.range[1])}]"
+    if spec.values is not None and value not in spec.values:
+        return f"{value!r} is not one of {list(spec.values)}"
+    return None
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def parse_docstring(doc: str | None, first_source_line: int | None = None) -> FunctionSpec:
+    """Parse a docstring; a docstring without Inputs/Outputs sections declares nothing."""
+    if not doc:
+        return FunctionSpec()
+    lines = docstring_lines(doc)
+    sections: dict[str, list[tuple[int, str]]] = {}
+    current: str | None = None
+    summary = lines[0]
+    for number, line in enumerate(lines, start=1):
+        header = _HEADER.match(line)
+        if header and not line.startswith(" "):
+            current = SECTIONS.get(header.group(1).strip().lower())
+            if current is not None:
+                if current in sections:
+                    raise _error(f"section {header.group(1)!r} appears twice", number, first_source_line)
+                sections[current] = []
+            continue
+        if line and not line.startswith(" "):
+            current = None
+        if current is not None:
+            sections[current].append((number, line))
+    if not sections:
+        return FunctionSpec(summary=summary)
+
+    def entries(kind: str) -> list[tuple[int, str, str, str]]:
+        found: list[tuple[int, str, str, str]] = []
+        body = sections.get(kind, [])
+        indent = min((len(t) - len(t.lstrip()) for _, t in body if t.strip()), default=0)
+        for number, text in body:
+            if not text.strip():
+                continue
+            if len(text) - len(text.lstrip()) > indent and found:
+                n, name, attrs, desc = found[-1]
+                found[-1] = (n, name, attrs, (desc + " " + text.strip()).strip())
+                continue
+            match = _ENTRY.match(text.strip())
+            if not match:
+                raise _error(
+                    f"cannot read {text.strip()!r} in {kind.capitalize()}; write "
+                    "`name (TYPE, key=value, ...): description`", number, first_source_line)
+            found.append((number, match["name"], match["attrs"], match["desc"].strip()))
+        return found
+
+    def build(kind: str, make: Callable[..., Any]) -> tuple[Any, ...]:
+        built, names = [], set()
+        for number, name, attrs, desc in entries(kind):
+            def fail(message: str, number: int = number) -> DocstringSpecError:
+                return _error(message, number, first_source_line)
+            if name in names:
+                raise fail(f"{name!r} is declared twice in {kind.capitalize()}")
+            names.add(name)
+            built.append(make(name, attrs, desc, number, fail))
+        return tuple(built)
+
+    inputs = build("inputs", _tensor)
+    outputs = build("outputs", _tensor)
+    parameters = build("parameters", _parameter)
+    example = _example(sections.get("example"), first_source_line)
+    spec = FunctionSpec(summary=summary, inputs=inputs, outputs=outputs, parameters=parameters,
+                        example=example, declared=True)
+    if example is not None:
+        _check_example(spec, example, sections["example"][0][0], first_source_line)
+    return spec
+
+
+def _error(message: str, line: int, first_source_line: int | None) -> DocstringSpecError:
+    source = first_source_line + line - 1 if first_source_line else None
+    return DocstringSpecError(message, line, source)
+
+
+def _example(body: list[tuple[int, str]] | None, first_source_line: int | None) -> dict[str, Any] | None:
+    if not body or not any(text.strip() for _, text in body):
+        return None
+    start = body[0][0]
+    try:
+        data = yaml.safe_load(textwrap.dedent("\n".join(text for _, text in body)))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = start + mark.line if mark else start
+        raise _error(f"Example is not valid YAML: {getattr(error, 'problem', error)}", line, first_source_line) from None
+    if not isinstance(data, dict) or not set(data) <= {"inputs", "parameters"}:
+        raise _error("Example must be a mapping with `inputs:` (name: value) and optionally `parameters:`",
+                     start, first_source_line)
+    for key in ("inputs", "parameters"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise _error(f"Example {key} must map names to values", start, first_source_line)
+    return {"inputs": data.get("inputs") or {}, "parameters": data.get("parameters") or {}}
+
+
+def _check_example(spec: FunctionSpec, example: dict[str, Any], line: int, first: int | None) -> None:
+    for name in example["inputs"]:
+        if name not in spec.inputs_by_name:
+            raise _error(f"Example input {name!r} is not declared in Inputs", line, first)
+    for name, value in example["parameters"].items():
+        declared = spec.parameters_by_name.get(name)
+        if declared is None:
+            raise _error(f"Example parameter {name!r} is not declared in Parameters", line, first)
+        problem = parameter_value_problem(declared, value)
+        if problem:
+            raise _error(f"Example parameter {name!r}: {problem}", line, first)
+
+
+def docstring_first_line(function: Callable[..., Any]) -> int | None:
+    """The source line where the function's docstring starts, when the source is readable."""
+    try:
+        source, start = inspect.getsourcelines(function)
+        tree = ast.parse(textwrap.dedent("".join(source)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    node = tree.body[0] if tree.body else None
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            return start + first.lineno - 1
+    return None
+
+
+def spec_of(function: Callable[..., Any]) -> FunctionSpec:
+    return parse_docstring(function.__doc__, docstring_first_line(function))

@@ -1,0 +1,87 @@
+"""What a docstring specification declares: tensors (inputs, outputs) and parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DATATYPES = ("FP32", "FP64", "INT32", "str", "FILE")
+PARAMETER_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One declared input or output."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...] = (-1,)
+    content_type: str | None = None
+    description: str = ""
+    range: tuple[float, float] | None = None
+    values: tuple[Any, ...] | None = None
+    optional: bool = False
+    allow_nan: bool = False
+    line: int = 0
+
+    def shape_matches(self, shape: list[int] | tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape)
+        )
+
+    def content_type_matches(self, content_type: str | None) -> bool:
+        if self.content_type is None:
+            return True
+        if content_type is None:
+            return False
+        want = self.content_type.lower()
+        got = content_type.split(";")[0].strip().lower()
+        if want.endswith("/*"):
+            return got.startswith(want[:-1])
+        return got == want
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One declared parameter of a primitive type."""
+
+    name: str
+    type: str
+    default: Any = None
+    has_default: bool = False
+    description: str = ""
+    range: tuple[float, float] | None = None
+    values: tuple[Any, ...] | None = None
+    optional: bool = False
+    line: int = 0
+
+    @property
+    def required(self) -> bool:
+        return not self.has_default and not self.optional
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """The whole contract of one inference function."""
+
+    summary: str = ""
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    parameters: tuple[ParameterSpec, ...] = ()
+    example: dict[str, Any] | None = None
+    declared: bool = False
+    inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
+    outputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
+    parameters_by_name: dict[str, ParameterSpec] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.inputs_by_name.update({t.name: t for t in self.inputs})
+        self.outputs_by_name.update({t.name: t for t in self.outputs})
+        self.parameters_by_name.update({p.name: p for p in self.parameters})
+
+    @property
+    def default_outputs(self) -> list[TensorSpec]:
+        return [t for t in self.outputs if not t.optional]
+
+
+UNDECLARED = FunctionSpec()

@@ -1,0 +1,128 @@
+"""Test helpers: write manifests, and start the real service as a user would (the CLI)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINTS = ROOT / "tests" / "fixtures" / "entrypoints"
+SEED_MANIFEST = ROOT.parent / "shared" / "spec" / "seed-manifest.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def manifest_data(function: str, *, name: str = "test-model", python_path: str | None = None,
+                  env: dict[str, str] | None = None, cpu: str = "1") -> dict[str, Any]:
+    return {
+        "apiVersion": "unified-platform.cs.hse.ru/v1",
+        "kind": "MLComponent",
+        "metadata": {"name": name, "namespace": "tests"},
+        "spec": {
+            "image": {"existingImageName": "example.com/test:1", "resourceLimits": {"cpu": cpu, "memory": "256M"}},
+            "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+            "mlService": {
+                "packageRegistryName": "pypi",
+                "inference": {
+                    "fileExchange": {"fileBox": "user-box", "inferenceFilesPath": "/nonexistent/mlc/tmp"},
+                    "model": {"modelBox": "model-box", "modelPath": "/models/model.bin"},
+                    "entryPoint": {"pythonPath": python_path or str(ENTRYPOINTS), "pythonFunction": function},
+                },
+            },
+            "connectedBoxes": [
+                {"name": "model-box", "path": "/models", "mountS3Box": {"s3BoxName": "models", "subPath": "m"}},
+                {"name": "user-box", "copyS3Box": {"s3BoxName": "users"}},
+            ],
+        },
+    }
+
+
+def write_manifest(folder: Path, function: str, **kwargs: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{function.replace('.', '-')}.yaml"
+    path.write_text(yaml.safe_dump(manifest_data(function, **kwargs), sort_keys=False))
+    return path
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log = log
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s: float = 60,
+                    path: str = "/v2/health/live") -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server not up after {deadline_s}s:\n{log.read_text()}")
+
+
+@contextmanager
+def serve(manifest: Path, *args: str, data_root: Path | None = None, env: dict[str, str] | None = None,
+          wait_path: str = "/v2/health/live", cwd: Path | None = None) -> Iterator[Server]:
+    """Run `mlcomponent serve` in a subprocess on a free port; stop it (SIGTERM) afterwards."""
+    port = free_port()
+    log = (data_root or manifest.parent) / f"server-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command: Sequence[str] = [sys.executable, "-m", "mlcomponent", "serve", str(manifest), "--port", str(port),
+                              *(["--data-root", str(data_root)] if data_root else []), *args]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process, log, path=wait_path)
+        yield Server(url, process, log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_ready(server: Server, deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if httpx.get(server.url + "/v2/health/ready", timeout=2).status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {deadline_s}s:\n{server.output()}")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlcomponent", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
