@@ -60,8 +60,9 @@ def write_manifest(folder: Path, function: str, **kwargs: Any) -> Path:
 
 
 class Server:
-    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path, data_root: Path) -> None:
         self.url = url
+        self.data_root = data_root
         self.process = process
         self.log = log
 
@@ -102,7 +103,7 @@ def serve(manifest: Path, *args: str, data_root: Path | None = None, env: dict[s
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_live(url, process, log, path=wait_path)
-        yield Server(url, process, log)
+        yield Server(url, process, log, data_root or manifest.parent / "data")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 from mlcomponent.boxes.base import CHUNK, ObjectInfo, check_key
 from mlcomponent.errors import MLComponentError, NotFound
 
-TRANSFER = TransferConfig(multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK,
-                          max_concurrency=4, io_chunksize=CHUNK)
+TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK,
+                          max_concurrency=2, io_chunksize=256 * 1024, max_io_queue=16)
 
 
 def _missing(error: ClientError) -> bool:

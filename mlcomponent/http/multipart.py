@@ -7,6 +7,7 @@ whole, never outside the folder), with 413 as soon as a limit is passed.
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any, BinaryIO
 
 import orjson
@@ -62,6 +63,8 @@ class _Reader:
         filename = options.get(b"filename")
         target = self.files.upload_target(self.name, filename.decode("utf-8", "replace") if filename else None)
         content_type = self.headers.get(b"content-type", b"").decode("latin-1") or None
+        if content_type in (None, "application/octet-stream"):  # curl's default: trust the file name more
+            content_type = mimetypes.guess_type(target.name)[0] or content_type
         self.files.uploaded[self.name] = (target, content_type)
         self.sink = target.open("wb")
 
@@ -134,4 +137,9 @@ def _merge_uploads(body: Any, files: RequestFiles) -> Any:
                                  "file parts are for FILE inputs")
             item.setdefault("datatype", "FILE")
             item["data"] = None
+            part_type = files.uploaded[item["name"]][1]
+            params = item.get("parameters")
+            declared = item.get("content_type") or (params.get("content_type") if isinstance(params, dict) else None)
+            if not declared and part_type:
+                item["content_type"] = part_type
     return body

@@ -60,7 +60,10 @@ class DataPlane:
         outputs = check_outputs(returned, call, self.spec)
         if any(o["datatype"] == "FILE" for o in outputs):
             await asyncio.to_thread(files.publish, outputs)
-        return encode_response(self.model_name, call, outputs)
+        body = encode_response(self.model_name, call, outputs)
+        if files.upload_keys:
+            body["parameters"] = {"uploaded_files": files.upload_keys}
+        return body
 
     @staticmethod
     def _stage(call: InferenceCall, files: RequestFiles) -> None:

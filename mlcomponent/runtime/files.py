@@ -49,6 +49,7 @@ class RequestFiles:
         self.bytes_in = 0
         self.bytes_out = 0
         self.keep_uploads = True
+        self.upload_keys: dict[str, str] = {}
         self._created = False
 
     def ensure_folder(self) -> Path:
@@ -80,6 +81,7 @@ class RequestFiles:
                 if self.keep_uploads:
                     key = f"{self.key_prefix('uploads')}/{safe_filename(name, 'input')}/{path.name}"
                     self.box.store(path, key, item["content_type"])
+                    self.upload_keys[name] = key
                 item["data"] = str(path)
                 continue
             if item["data"] is None:

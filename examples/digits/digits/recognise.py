@@ -1,0 +1,51 @@
+"""Recognise one handwritten digit in an image, with a classifier trained on scikit-learn's digits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import joblib
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def to_features(path: str) -> np.ndarray:
+    """An image of any size -> the 8x8, 0..16 ink intensities the digits dataset uses."""
+    with Image.open(path) as image:
+        gray = ImageOps.grayscale(image)
+    if np.asarray(gray).mean() > 127:  # dark ink on a light background: invert to light-on-dark
+        gray = ImageOps.invert(gray)
+    small = gray.resize((8, 8), Image.Resampling.BOX)
+    return (np.asarray(small, dtype=np.float32) / 255.0 * 16.0).reshape(1, 64)
+
+
+def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
+              output_fields: list[dict[str, Any]], model_key: str,
+              model: Any = None) -> tuple[list[dict[str, Any]], Any]:
+    """Recognise the handwritten digit in an image.
+
+    Inputs:
+        image (FILE, shape=[1], content_type=image/png): a picture of one digit, light ink
+            on dark or dark ink on light; any size (it is scaled to 8x8).
+
+    Outputs:
+        label (INT32, shape=[1]): the digit, 0 to 9.
+        probabilities (FP32, shape=[10]): the probability of each digit 0..9.
+
+    Example:
+        inputs:
+          image: sample-digit.png
+    """
+    if model is None:
+        model = joblib.load(model_key)
+    image = next(i for i in inputs if i["name"] == "image")
+    probabilities = model.predict_proba(to_features(image["data"]))[0]
+    results = {
+        "label": ("INT32", [int(probabilities.argmax())], [1]),
+        "probabilities": ("FP32", probabilities.astype(np.float32).tolist(), [10]),
+    }
+    outputs = []
+    for field in output_fields or [{"name": name} for name in results]:
+        datatype, data, shape = results[field["name"]]
+        outputs.append({"name": field["name"], "datatype": datatype, "data": data, "shape": shape})
+    return outputs, model

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.support import free_port, wait_until_live
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class S3Endpoint:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: Any = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                                        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                                        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+
+    def bucket(self, name: str) -> str:
+        existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
+        if name not in existing:
+            self.client.create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def boxes_file(self, folder: Path, *names: str, env_names: bool = True) -> Path:
+        """A --boxes file mapping each box name to a bucket of the same name here."""
+        lines = ["boxes:"]
+        for name in names:
+            self.bucket(name)
+            lines += [f"  {name}:", "    s3:", f"      endpoint: {self.url}", "      region: us-east-1"]
+            if env_names:
+                lines += ["      accessKeyEnv: BOX_KEY", "      secretKeyEnv: BOX_SECRET"]
+        path = folder / "boxes.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {"BOX_KEY": S3_ENV["AWS_ACCESS_KEY_ID"], "BOX_SECRET": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """moto's S3 server on a free loopback port, started for the test session."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **S3_ENV})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process, log, path="/moto-api/")
+        yield S3Endpoint(url)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
