@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ PAGE = files("mlcomponent.http").joinpath("static/playground.html")
 
 
 def playground_routes(service: Service) -> list[BaseRoute]:
-    html = PAGE.read_text(encoding="utf-8").replace("{{MODEL_NAME}}", service.settings.model_name)
+    name = service.settings.model_name  # a DNS-1123 label: safe in HTML and JSON as it is
+    html = PAGE.read_text(encoding="utf-8").replace("{{MODEL_NAME}}", name).replace("{{MODEL_JSON}}", json.dumps(name))
 
     async def page(request: Request) -> Response:
         return HTMLResponse(html)

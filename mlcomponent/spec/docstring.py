@@ -271,7 +271,8 @@ def _example(body: list[tuple[int, str]] | None, first_source_line: int | None) 
         data = yaml.safe_load(textwrap.dedent("\n".join(text for _, text in body)))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        line = start + mark.line if mark else start
+        last = max(number for number, text in body if text.strip())
+        line = min(start + mark.line, last) if mark else start
         raise _error(f"Example is not valid YAML: {getattr(error, 'problem', error)}", line, first_source_line) from None
     if not isinstance(data, dict) or not set(data) <= {"inputs", "parameters"}:
         raise _error("Example must be a mapping with `inputs:` (name: value) and optionally `parameters:`",

@@ -1,0 +1,78 @@
+"""The playground page in real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.support import ROOT, serve, wait_ready
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("playground")
+    subprocess.run([sys.executable, str(ROOT / "examples/digits/train.py"), "--data-root", str(folder / "data"),
+                    "--samples", str(folder / "png")], check=True)
+    subprocess.run([sys.executable, str(ROOT / "examples/iris/train.py"), "--data-root", str(folder / "data")],
+                   check=True)
+    return folder
+
+
+def test_playground_predicts_the_digit_from_an_uploaded_png(browser: Browser, trained: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(ROOT / "examples/digits/mlcomponent.yaml", data_root=trained / "data") as server:
+        wait_ready(server)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator("#in-image").get_attribute("accept") == "image/png"
+        page.set_input_files("#in-image", str(trained / "png" / "digit-7.png"))
+        page.click("#run")
+        label = page.locator("[data-output=label] td").first
+        label.wait_for()
+        assert label.text_content() == "7"
+        assert page.locator("[data-output=probabilities] td").count() == 10
+        assert "200 ·" in (page.locator("#latency").text_content() or "")
+        page.screenshot(path=str(ARTIFACTS / "playground-digits.png"), full_page=True)
+        page.close()
+
+
+def test_playground_shows_the_service_error_for_a_bad_value(browser: Browser, trained: Path) -> None:
+    with serve(ROOT / "examples/iris/mlcomponent.yaml", data_root=trained / "data") as server:
+        wait_ready(server)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator("#in-features").input_value() == "[[5.1,3.5,1.4,0.2]]"  # from the docstring Example
+        assert page.locator("#param-min_confidence").input_value() == "0"
+        page.click("#run")
+        page.locator("[data-name=label] .value").wait_for()
+        assert page.locator("[data-name=label] .value").text_content() == "setosa"
+        page.fill("#in-features", "500, 3.5, 1.4, 0.2")
+        page.click("#run")
+        error = page.locator("#error")
+        error.wait_for(state="visible")
+        assert "Error 400" in (error.text_content() or "")
+        assert "input 'features': element 0 = 500" in (error.text_content() or "")
+        assert "outside the declared range [0, 100]" in (error.text_content() or "")
+        page.screenshot(path=str(ARTIFACTS / "playground-error.png"), full_page=True)
+        page.close()
