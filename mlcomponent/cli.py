@@ -60,6 +60,8 @@ def validate(manifest: str) -> None:
 
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--module-root", type=click.Path(file_okay=False), help="Folder pythonPath is relative to. "
+              "Default: the manifest's folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder for local boxes, caches and "
@@ -78,7 +80,7 @@ def validate(manifest: str) -> None:
 @click.option("--isolate/--no-isolate", default=False, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
-def serve(manifest: str, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
+def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, reload: bool) -> None:
@@ -90,7 +92,8 @@ def serve(manifest: str, host: str, port: int, data_root: str | None, boxes: str
     from mlcomponent.settings import OPTIONS_ENV
 
     options = ServeOptions(
-        manifest=str(Path(manifest).resolve()), host=host, port=port,
+        manifest=str(Path(manifest).resolve()), module_root=str(Path(module_root).resolve()) if module_root else None,
+        host=host, port=port,
         data_root=str(Path(data_root).resolve()) if data_root else None,
         boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout,
         max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
@@ -130,6 +133,88 @@ def _sync_mounts(settings: Settings) -> None:
             bar.update(task, advance=size, description=f"synced {name}")
 
         resolve_mounts(settings, sync=True, progress=progress)
+
+
+@main.command("sync-box")
+@click.argument("box")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--sub-path", default="", help="Folder inside the box to sync.")
+@click.option("--endpoint", help="S3 endpoint URL (default: AWS, or AWS_ENDPOINT_URL).")
+@click.option("--region")
+@click.option("--bucket", help="Bucket (default: the box name).")
+@click.option("--access-key-env", help="Env var holding the access key id.")
+@click.option("--secret-key-env", help="Env var holding the secret key.")
+def sync_box(box: str, destination: str, sub_path: str, endpoint: str | None, region: str | None,
+             bucket: str | None, access_key_env: str | None, secret_key_env: str | None) -> None:
+    """Sync SUB_PATH of an S3 BOX into DESTINATION (the init container of a mounted box)."""
+    from mlcomponent.boxes.config import BoxSettings, S3Settings, open_box
+    from mlcomponent.boxes.sync import sync_prefix
+
+    settings = BoxSettings(s3=S3Settings(endpoint=endpoint, bucket=bucket, region=region,
+                                         access_key_env=access_key_env, secret_key_env=secret_key_env))
+    try:
+        store = open_box(box, settings, Path(destination), os.environ)
+        counts = sync_prefix(store, sub_path.strip("/"), Path(destination),
+                             lambda name, size: click.echo(f"fetched {name} ({size} bytes)", err=True))
+    except (ValueError, OSError) as error:
+        _fail(f"sync-box {box}: {error}")
+        return
+    click.echo(f"synced {box}/{sub_path} -> {destination}: {counts}")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="Operator configuration (registries, S3 endpoint, CSI mounts).")
+def render(manifest: str, config_path: str | None) -> None:
+    """Print the Kubernetes objects MANIFEST becomes, as multi-document YAML."""
+    from mlcomponent.kubernetes.render import OperatorConfig, render as render_objects, to_yaml
+    from mlcomponent.manifest import load_manifest
+
+    try:
+        objects = render_objects(load_manifest(manifest), OperatorConfig.load(config_path))
+    except ManifestError as error:
+        _fail(error.problems)
+        return
+    except ValueError as error:
+        _fail(f"{manifest}: {error}")
+        return
+    click.echo(to_yaml(objects), nl=False)
+
+
+@main.command()
+@click.option("--cel", is_flag=True, help="Add the cross-field rules as CEL validations (Kubernetes 1.25+).")
+def crd(cel: bool) -> None:
+    """Print the MLComponent CustomResourceDefinition as YAML."""
+    import yaml
+
+    from mlcomponent.kubernetes.crd import crd as make_crd
+
+    click.echo(yaml.safe_dump(make_crd(cel), sort_keys=False), nl=False)
+
+
+@main.command()
+@click.option("--render", "render_only", is_flag=True, required=True, help="Print the objects (apply them yourself).")
+@click.option("--index-url", default="https://pypi.org/simple", show_default=True,
+              help="Package index the operator installs mlcomponent from.")
+def install(render_only: bool, index_url: str) -> None:
+    """Print what installs the operator: namespace, CRD, RBAC, config and Deployment."""
+    from mlcomponent.kubernetes.install import objects
+    from mlcomponent.kubernetes.render import to_yaml
+
+    click.echo(to_yaml(objects(index_url=index_url)), nl=False)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="Operator configuration YAML (see docs/kubernetes.md).")
+@click.option("--namespace", "namespaces", multiple=True, help="Watch only these namespaces (default: all).")
+@click.option("--verbose", is_flag=True)
+def operator(config_path: str | None, namespaces: tuple[str, ...], verbose: bool) -> None:
+    """Run the operator: reconcile MLComponents into ConfigMap, Deployment and Service."""
+    from mlcomponent.kubernetes.operator import run
+
+    run(config_path, list(namespaces), verbose)
 
 
 if __name__ == "__main__":

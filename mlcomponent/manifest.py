@@ -35,7 +35,7 @@ ABSOLUTE_PATH = r"^/.*$"
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, str_max_length=1024
     )
 
 

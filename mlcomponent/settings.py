@@ -26,6 +26,7 @@ class ServeOptions:
     """Everything ``mlcomponent serve`` takes on its command line."""
 
     manifest: str
+    module_root: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     data_root: str | None = None
@@ -108,6 +109,9 @@ class Settings:
 
     @property
     def module_root(self) -> Path:
+        """Where pythonPath is relative to: --module-root, else the manifest's folder."""
+        if self.options.module_root:
+            return Path(self.options.module_root).resolve()
         return self.manifest_path.parent
 
     @property

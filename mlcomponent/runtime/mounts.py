@@ -66,6 +66,10 @@ def resolve_path(path: str, mounts: list[Mount]) -> str:
 
 def file_box(settings: Settings) -> Box:
     box = settings.manifest.box(settings.manifest.inference.file_exchange.file_box)
+    if box.path is not None and settings.boxes.settings_for(box.s3_box_name).mounted:
+        from mlcomponent.boxes.local import LocalBox
+
+        return LocalBox(box.s3_box_name, Path(box.path))
     store = open_box(box.s3_box_name, settings.boxes.settings_for(box.s3_box_name), settings.data_root,
                      settings.environ)
     sub_path = box.mount_s3_box.sub_path.strip("/") if box.mount_s3_box else ""
