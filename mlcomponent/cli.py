@@ -77,7 +77,7 @@ def validate(manifest: str) -> None:
 @click.option("--auth-token-env", help="Env var holding a bearer token required on data endpoints.")
 @click.option("--auth-token-file", type=click.Path(dir_okay=False), help="File holding that token.")
 @click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
-@click.option("--isolate/--no-isolate", default=False, show_default=True,
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
@@ -85,10 +85,13 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, reload: bool) -> None:
     """Serve MANIFEST's inference function over HTTP."""
+    import asyncio
+
     import uvicorn
 
+    from mlcomponent.http.server import run as run_server
     from mlcomponent.logs import configure_logging
-    from mlcomponent.runtime.service import load_function_and_spec
+    from mlcomponent.runtime.service import check_entry_point
     from mlcomponent.settings import OPTIONS_ENV
 
     options = ServeOptions(
@@ -102,22 +105,34 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
-        load_function_and_spec(settings)
+        asyncio.run(check_entry_point(settings))
         _sync_mounts(settings)
     except ManifestError as error:
         _fail(error.problems)
     except (EntryPointError, ValueError) as error:
         _fail(f"cannot start: {error}")
     os.environ[OPTIONS_ENV] = options.to_env()
+    if settings.workers > 1:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_fresh_metrics_dir(settings.data_root)))
     click.echo(f"serving {settings.model_name} on http://{host}:{port} "
-               f"(workers: {settings.workers}, data: {settings.data_root})", err=True)
-    uvicorn.run(
+               f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
+    run_server(uvicorn.Config(
         "mlcomponent.http.factory:app", factory=True, host=host, port=port,
-        workers=None if reload else settings.workers, loop="auto", http="auto",
-        access_log=False, log_config=None, timeout_graceful_shutdown=int(grace_period),
-        reload=reload, reload_dirs=[str(settings.module_root)] if reload else None,
+        workers=1 if reload else settings.workers, access_log=False, log_config=None,
+        timeout_graceful_shutdown=int(grace_period), reload=reload,
+        reload_dirs=[str(settings.module_root)] if reload else None,
         reload_includes=["*.py", "*.yaml", "*.yml"] if reload else None,
-    )
+    ))
+
+
+def _fresh_metrics_dir(data_root: Path) -> Path:
+    """prometheus-client's multiprocess mode: one folder of value files shared by the workers."""
+    import shutil
+
+    folder = data_root / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def _sync_mounts(settings: Settings) -> None:

@@ -43,7 +43,7 @@ class ServeOptions:
     auth_token_env: str | None = None
     auth_token_file: str | None = None
     grace_period: float = 30.0
-    isolate: bool = False
+    isolate: bool = True
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

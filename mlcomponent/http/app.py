@@ -1,12 +1,13 @@
 """The HTTP transport: one route table over the data plane, one error handler.
 
-Open Inference Protocol (KServe V2) REST endpoints, plus file downloads, metrics,
-the playground page and an OpenAPI description.
+Open Inference Protocol (KServe V2) REST endpoints with the binary tensor extension,
+plus file downloads, metrics, the playground page and an OpenAPI description.
 """
 
 from __future__ import annotations
 
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +23,11 @@ from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
 from mlcomponent.http.body import read_body
 from mlcomponent.http.metadata import model_metadata
+from mlcomponent.http.metrics import CONTENT_TYPE, Metrics
+from mlcomponent.http.middleware import Observe
 from mlcomponent.http.multipart import is_multipart, read_multipart
+from mlcomponent.http.openapi import openapi_document
+from mlcomponent.protocol import binary
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.files import KEY_ROOT
 from mlcomponent.runtime.service import Service
@@ -33,7 +38,7 @@ EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON)
+    return Response(orjson.dumps(body), status, headers, media_type=JSON)
 
 
 def error_response(error: MLComponentError) -> Response:
@@ -43,9 +48,22 @@ def error_response(error: MLComponentError) -> Response:
     return json_response({"error": error.message}, error.status, headers)
 
 
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON object with `inputs`")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+
+
 def create_app(service: Service) -> Starlette:
     plane: DataPlane = service.dataplane
     options = service.settings.options
+    metrics = Metrics()
+    plane.observe = metrics.event
+    if hasattr(service.runner, "on_event"):
+        service.runner.on_event = metrics.event
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -65,7 +83,9 @@ def create_app(service: Service) -> Starlette:
         return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
 
     async def infer(request: Request) -> Response:
+        arrived = request.scope["mlcomponent.arrived"]
         plane.check_model(request.path_params["name"])
+        plane.admit()
 
         def url_for(key: str) -> str:
             return str(request.url_for("file", name=plane.model_name, key=key))
@@ -75,10 +95,18 @@ def create_app(service: Service) -> Starlette:
             if is_multipart(request):
                 body = await read_multipart(request, files, options.max_json_body, options.max_upload)
             else:
-                body = _parse_json(await read_body(request, options.max_json_body))
-            result = await plane.infer(body, files)
+                raw = await read_body(request, options.max_json_body)
+                header = request.headers.get(binary.HEADER)
+                body = binary.decode(raw, header) if header is not None else _parse_json(raw)
+            result, call = await plane.infer(body, files, arrived=arrived)
         finally:
             files.cleanup()
+        if call.binary_outputs or call.binary_all:
+            encoded = binary.encode(result, call.binary_outputs, call.binary_all)
+            if encoded is not None:
+                parts, length = encoded
+                return Response(b"".join(parts), media_type="application/octet-stream",
+                                headers={"Inference-Header-Content-Length": str(length)})
         return json_response(result)
 
     async def download(request: Request) -> Response:
@@ -89,11 +117,18 @@ def create_app(service: Service) -> Starlette:
         info = plane.file_box.stat(key)
         if info is None:
             raise NotFound(f"no file {key!r} in the file box")
-        import mimetypes
-
         media = mimetypes.guess_type(key)[0] or "application/octet-stream"
         return StreamingResponse(plane.file_box.read_chunks(key), media_type=media,
                                  headers={"Content-Length": str(info.size)})
+
+    async def prometheus(request: Request) -> Response:
+        metrics.queued.set(plane.runner.waiting)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    openapi = openapi_document(plane.model_name)
+
+    async def docs(request: Request) -> Response:
+        return json_response(openapi)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
@@ -124,9 +159,11 @@ def create_app(service: Service) -> Starlette:
         Route(model + "/infer", infer, methods=["POST"]),
         Route(version + "/infer", infer, methods=["POST"]),
         Route(model + "/files/{key:path}", download, name="file"),
+        Route("/metrics", prometheus),
+        Route("/docs", docs),
+        Route("/openapi.json", docs),
+        *service.extra_routes(),
     ]
-    for extra in service.extra_routes():
-        routes.append(extra)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -136,7 +173,7 @@ def create_app(service: Service) -> Starlette:
         finally:
             await service.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -146,12 +183,5 @@ def create_app(service: Service) -> Starlette:
             Exception: unexpected,
         },
     )
-
-
-def _parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise BadRequest("the request body is empty; send a JSON object with `inputs`")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
+    app.add_middleware(Observe, metrics=metrics, token=service.settings.auth_token())
+    return app

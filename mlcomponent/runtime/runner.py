@@ -1,8 +1,9 @@
-"""Hold the model object and call the user's function, one call at a time per worker.
+"""Health states, and the in-process runner (``--no-isolate``): the function on one thread.
 
 Calls run on one dedicated thread: the event loop stays free for health probes and
 other requests' I/O, and the function never runs concurrently with itself, so it
-need not be thread-safe.
+need not be thread-safe. Without a separate process there is no crash isolation and
+a timed-out call cannot be stopped: it is answered with 504 and left to finish.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
+import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
-from mlcomponent.errors import BadFunctionOutput, FunctionFailed
+from mlcomponent.errors import BadFunctionOutput, FunctionFailed, Timeout
 from mlcomponent.runtime.entrypoint import InferenceFunction
+from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.runtime")
 
@@ -27,28 +29,48 @@ class Health(enum.Enum):
     STOPPING = "stopping"
 
 
-class FunctionRunner:
-    def __init__(self, function: InferenceFunction, model_key: str, name: str) -> None:
+class Runner(Protocol):
+    """What the data plane needs from whatever runs the function."""
+
+    model_key: str
+    restarts: int
+    calls: int
+    waiting: int
+
+    async def start(self) -> FunctionSpec: ...
+
+    async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
+                   output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any: ...
+
+    async def close(self, grace: float = 5.0) -> None: ...
+
+
+class InProcessRunner:
+    def __init__(self, function: InferenceFunction, spec: FunctionSpec, model_key: str) -> None:
         self.function = function
+        self.spec = spec
         self.model_key = model_key
-        self.name = name
         self.model: Any = None
         self.calls = 0
-        self.last_call_seconds = 0.0
+        self.restarts = 0
+        self.waiting = 0
+        self.pid = os.getpid()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    async def start(self) -> FunctionSpec:
+        return self.spec
 
     def call_sync(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                   output_fields: list[dict[str, Any]]) -> Any:
-        started = time.perf_counter()
         try:
             result = self.function(parameters, inputs, output_fields, self.model_key, self.model)
         except Exception as error:
             log.exception("inference raised")
-            raise FunctionFailed(f"inference raised {type(error).__module__}.{type(error).__qualname__}: {error}"
-                                 .replace("builtins.", "")) from error
+            kind = type(error)
+            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+            raise FunctionFailed(f"inference raised {name}: {error}") from error
         finally:
             self.calls += 1
-            self.last_call_seconds = time.perf_counter() - started
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")
@@ -56,9 +78,19 @@ class FunctionRunner:
         return outputs
 
     async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
-                   output_fields: list[dict[str, Any]]) -> Any:
+                   output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.call_sync, parameters, inputs, output_fields)
+        future = loop.run_in_executor(self._executor, self.call_sync, parameters, inputs, output_fields)
+        if deadline is None:
+            return await future
+        self.waiting += 1
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise Timeout("inference did not finish within the request's deadline (it runs in-process and "
+                          "cannot be stopped; serve with isolation for hard timeouts)") from None
+        finally:
+            self.waiting -= 1
 
-    def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import shutil
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ def nested_shape(value: Any) -> list[int]:
     return shape or [1]
 
 
-def example_request(dataplane: DataPlane, function: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The example as a V2 body, and the local files for its FILE inputs."""
+def example_request(dataplane: DataPlane) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The example as a V2 body, and the local files for its FILE inputs (relative to the module)."""
     example = dataplane.spec.example or {}
-    base = Path(inspect.getfile(function)).parent
+    base = Path(dataplane.spec.source or ".").parent
     inputs, files = [], {}
     for name, value in example["inputs"].items():
         declared = dataplane.spec.inputs_by_name[name]
@@ -35,8 +34,8 @@ def example_request(dataplane: DataPlane, function: Callable[..., Any]) -> tuple
     return {"inputs": inputs, "parameters": example["parameters"]}, files
 
 
-async def warm_up(dataplane: DataPlane, function: Callable[..., Any]) -> None:
-    body, example_files = example_request(dataplane, function)
+async def warm_up(dataplane: DataPlane) -> None:
+    body, example_files = example_request(dataplane)
     files = dataplane.request_files(lambda key: key)
     files.keep_uploads = False
     try:
@@ -44,6 +43,8 @@ async def warm_up(dataplane: DataPlane, function: Callable[..., Any]) -> None:
             target = files.upload_target(name, source.name)
             shutil.copyfile(source, target)
             files.uploaded[name] = (target, dataplane.spec.inputs_by_name[name].content_type)
+        started = time.perf_counter()
         await dataplane.infer(body, files, warmup=True)
+        dataplane.observe("model_load_seconds", time.perf_counter() - started)
     finally:
         files.cleanup()

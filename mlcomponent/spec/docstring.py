@@ -312,4 +312,12 @@ def docstring_first_line(function: Callable[..., Any]) -> int | None:
 
 
 def spec_of(function: Callable[..., Any]) -> FunctionSpec:
-    return parse_docstring(function.__doc__, docstring_first_line(function))
+    """The function's spec, remembering its source file (Example files are relative to it)."""
+    import dataclasses
+
+    spec = parse_docstring(function.__doc__, docstring_first_line(function))
+    try:
+        source = inspect.getfile(function)
+    except TypeError:
+        return spec
+    return dataclasses.replace(spec, source=source)

@@ -70,6 +70,7 @@ class FunctionSpec:
     parameters: tuple[ParameterSpec, ...] = ()
     example: dict[str, Any] | None = None
     declared: bool = False
+    source: str | None = None
     inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
     outputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
     parameters_by_name: dict[str, ParameterSpec] = field(default_factory=dict, compare=False)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the peers the benchmark compares against, each in its own virtualenv
+# (their pins conflict with each other and with ours): Seldon MLServer, KServe.
+set -euo pipefail
+cd "$(dirname "$0")"
+python="${PYTHON:-python3}"
+make_venv() {  # name, packages...
+  local name=$1; shift
+  if [ ! -x ".venv-$name/bin/python" ]; then "$python" -m venv ".venv-$name"; fi
+  ".venv-$name/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+}
+make_venv mlserver "mlserver==1.7.1" &
+make_venv kserve "kserve==0.16.0" &
+wait
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }

@@ -1,0 +1,80 @@
+"""Prometheus metrics: requests, latencies, in-flight and queued work, restarts, file bytes.
+
+With several worker processes, prometheus-client's multiprocess mode aggregates them
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``mlcomponent serve``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def endpoint_of(path: str) -> str:
+    """A small, fixed set of labels (never the raw path: unbounded cardinality)."""
+    if path.startswith("/v2/models/"):
+        if path.endswith("/infer"):
+            return "infer"
+        if "/files/" in path:
+            return "files"
+        return "ready" if path.endswith("/ready") else "model_metadata"
+    if path.startswith("/v2/health/"):
+        return "health"
+    return {"/v2": "server_metadata", "/metrics": "metrics", "/": "playground"}.get(path, "other")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.registry = CollectorRegistry()
+        registry = None if self.multiprocess else self.registry
+        self.requests = Counter("mlcomponent_requests_total", "HTTP requests by endpoint and status.",
+                                ["endpoint", "status"], registry=registry)
+        self.request_seconds = Histogram("mlcomponent_request_seconds", "Whole-request latency.", ["endpoint"],
+                                         buckets=BUCKETS, registry=registry)
+        self.inference_seconds = Histogram("mlcomponent_inference_seconds", "The inference call alone.",
+                                           buckets=BUCKETS, registry=registry)
+        self.in_flight = Gauge("mlcomponent_requests_in_flight", "Requests being served.",
+                               multiprocess_mode="livesum", registry=registry)
+        self.queued = Gauge("mlcomponent_requests_queued", "Requests waiting for the function.",
+                            multiprocess_mode="livesum", registry=registry)
+        self.restarts = Counter("mlcomponent_worker_restarts_total", "Worker processes restarted (crash, timeout).",
+                                registry=registry)
+        self.model_load = Gauge("mlcomponent_model_load_seconds", "Seconds the warm-up call (model load) took.",
+                                multiprocess_mode="max", registry=registry)
+        self.file_bytes = Counter("mlcomponent_file_bytes_total", "Bytes of FILE data moved.", ["direction"],
+                                  registry=registry)
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(endpoint, str(status)), self.request_seconds.labels(endpoint))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def event(self, name: str, value: float) -> None:
+        if name == "inference_seconds":
+            self.inference_seconds.observe(value)
+        elif name == "worker_restart":
+            self.restarts.inc()
+        elif name == "model_load_seconds":
+            self.model_load.set(value)
+        elif name == "file_bytes_in":
+            self.file_bytes.labels("in").inc(value)
+        elif name == "file_bytes_out":
+            self.file_bytes.labels("out").inc(value)
+
+    def render(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -1,0 +1,114 @@
+"""The V2 binary tensor data extension (as Triton and standard V2 clients speak it).
+
+A request or response body is JSON followed by raw tensor bytes; the
+``Inference-Header-Content-Length`` header says where the JSON ends. Each binary
+tensor says its byte size in ``parameters.binary_data_size``, in order. Numbers are
+little-endian; a str/BYTES element is a 4-byte little-endian length and its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from typing import Any
+
+from mlcomponent.errors import BadRequest
+from mlcomponent.protocol.tensors import canonical_datatype
+
+HEADER = "inference-header-content-length"
+TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
+LENGTH = struct.Struct("<I")
+
+
+def _numbers(datatype: str, chunk: bytes, where: str) -> list[Any]:
+    values = array(TYPECODES[datatype])
+    if len(chunk) % values.itemsize:
+        raise BadRequest(f"{where}: {len(chunk)} bytes is not a whole number of {datatype} elements")
+    values.frombytes(chunk)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
+def _strings(chunk: bytes, where: str) -> list[str]:
+    values, offset = [], 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise BadRequest(f"{where}: truncated BYTES element length at byte {offset}")
+        (size,) = LENGTH.unpack_from(chunk, offset)
+        offset += 4
+        if offset + size > len(chunk):
+            raise BadRequest(f"{where}: BYTES element at byte {offset} runs past the data")
+        try:
+            values.append(chunk[offset:offset + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"{where}: element {len(values)} is not UTF-8 text (str)") from None
+        offset += size
+    return values
+
+
+def decode(raw: bytes, json_length: str) -> Any:
+    """Split a binary request into its JSON and fill each binary input's ``data``."""
+    import orjson
+
+    if not json_length.isdigit() or int(json_length) > len(raw):
+        raise BadRequest(f"Inference-Header-Content-Length {json_length!r} must be the JSON's size in bytes, "
+                         f"at most the body's {len(raw)}")
+    split = int(json_length)
+    try:
+        body = orjson.loads(raw[:split])
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"malformed JSON header of a binary request: {error}") from None
+    offset = split
+    for index, item in enumerate(body.get("inputs") or [] if isinstance(body, dict) else []):
+        params = item.get("parameters") if isinstance(item, dict) else None
+        if not isinstance(params, dict) or "binary_data_size" not in params:
+            continue
+        where = f"input {item.get('name', index)!r}"
+        size = params.pop("binary_data_size")
+        if not isinstance(size, int) or size < 0 or offset + size > len(raw):
+            raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
+        chunk = raw[offset:offset + size]
+        offset += size
+        datatype = canonical_datatype(item.get("datatype"))
+        if datatype in TYPECODES:
+            item["data"] = _numbers(datatype, chunk, where)
+        elif datatype == "str":
+            item["data"] = _strings(chunk, where)
+        else:
+            raise BadRequest(f"{where}: datatype {item.get('datatype')!r} cannot be sent as binary data")
+    if offset != len(raw):
+        raise BadRequest(f"the body has {len(raw) - offset} bytes after the last binary input")
+    return body
+
+
+def _encode_tensor(datatype: str, data: list[Any]) -> bytes:
+    if datatype in TYPECODES:
+        values = array(TYPECODES[datatype], data)
+        if sys.byteorder == "big":
+            values.byteswap()
+        return values.tobytes()
+    parts = []
+    for value in data:
+        encoded = value.encode("utf-8")
+        parts.append(LENGTH.pack(len(encoded)) + encoded)
+    return b"".join(parts)
+
+
+def encode(body: dict[str, Any], names: set[str], everything: bool) -> tuple[list[bytes], int] | None:
+    """Move the chosen outputs' data to binary; None when nothing is binary."""
+    import orjson
+
+    blobs: list[bytes] = []
+    for output in body["outputs"]:
+        datatype = canonical_datatype(output["datatype"])
+        if datatype == "FILE" or not (everything or output["name"] in names):
+            continue
+        blob = _encode_tensor(datatype or "", output.pop("data"))
+        output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
+        blobs.append(blob)
+    if not blobs:
+        return None
+    header = orjson.dumps(body)
+    return [header, *blobs], len(header)

@@ -1,0 +1,115 @@
+"""The worker process: imports the user's function, holds the model, runs one call at a time.
+
+Started by ``ProcessRunner`` as ``python -m mlcomponent.runtime.worker``. It speaks
+length-prefixed pickled tuples on the pipes it was started with (moved off stdin and
+stdout, so a ``print`` in user code goes to stderr and cannot corrupt the protocol):
+
+    parent → worker   ("call", parameters, inputs, output_fields)
+    worker → parent   ("ready", FunctionSpec) | ("fatal", message)          once, at start
+                      ("ok", outputs) | ("raised", type, message, traceback)
+                      | ("bad_return", message)                             per call
+
+Imports are kept to the standard library and the loader, so a worker costs little
+memory beyond the user's own module and model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+HEADER = struct.Struct("<Q")
+CONFIG_ENV = "MLCOMPONENT_WORKER_CONFIG"
+
+
+def write_frame(stream: IO[bytes], message: Any) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    payload = stream.read(size)
+    return pickle.loads(payload)
+
+
+def _plain(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    return tolist() if tolist is not None and not isinstance(value, (list, str, bytes)) else value
+
+
+def _plain_outputs(outputs: Any) -> Any:
+    """numpy arrays become lists here, so the HTTP process never needs numpy."""
+    if not isinstance(outputs, (list, tuple)):
+        return outputs
+    plain = []
+    for item in outputs:
+        if isinstance(item, dict):
+            item = {key: _plain(value) for key, value in item.items()}
+        plain.append(item)
+    return plain
+
+
+def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes]) -> None:
+    model: Any = None
+    while True:
+        message = read_frame(source)
+        if message is None:
+            return  # the parent closed the pipe: it is gone or shutting down
+        _, parameters, inputs, output_fields = message
+        try:
+            result = function(parameters, inputs, output_fields, model_key, model)
+        except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
+            kind = type(error)
+            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+            write_frame(sink, ("raised", name, str(error), traceback.format_exc()))
+            continue
+        if not isinstance(result, tuple) or len(result) != 2:
+            write_frame(sink, ("bad_return", f"inference returned {type(result).__name__}; it must return a "
+                                             "tuple (outputs, model)"))
+            continue
+        outputs, model = result
+        try:
+            write_frame(sink, ("ok", _plain_outputs(outputs)))
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
+
+
+def main() -> int:
+    source = os.fdopen(os.dup(0), "rb")
+    sink = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # user prints go to stderr
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    config = json.loads(os.environ.pop(CONFIG_ENV))
+    from mlcomponent.errors import EntryPointError
+    from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
+    from mlcomponent.spec.docstring import DocstringSpecError, spec_of
+
+    apply_env(config["env"])
+    try:
+        function = load_entry_point(Path(config["python_path"]), config["function"])
+        spec = spec_of(function)
+    except EntryPointError as error:
+        write_frame(sink, ("fatal", str(error)))
+        return 1
+    except DocstringSpecError as error:
+        write_frame(sink, ("fatal", f"{config['function']}: docstring specification: {error}"))
+        return 1
+    write_frame(sink, ("ready", spec))
+    serve_calls(function, config["model_key"], source, sink)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
