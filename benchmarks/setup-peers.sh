@@ -10,6 +10,6 @@ make_venv() {  # name, packages...
   ".venv-$name/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
 }
 make_venv mlserver "mlserver==1.7.1" &
-make_venv kserve "kserve==0.16.0" &
+make_venv kserve "kserve==0.21.0" &
 wait
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }

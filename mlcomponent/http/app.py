@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,9 +25,10 @@ from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
 from mlcomponent.http.body import read_body
 from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.metrics import CONTENT_TYPE, Metrics
-from mlcomponent.http.middleware import Observe
+from mlcomponent.http.asgi import Gateway
 from mlcomponent.http.multipart import is_multipart, read_multipart
 from mlcomponent.http.openapi import openapi_document
+from mlcomponent.http.server import on_terminate
 from mlcomponent.protocol import binary
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.files import KEY_ROOT
@@ -57,7 +59,7 @@ def _parse_json(raw: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {error}") from None
 
 
-def create_app(service: Service) -> Starlette:
+def create_app(service: Service) -> Gateway:
     plane: DataPlane = service.dataplane
     options = service.settings.options
     metrics = Metrics()
@@ -83,7 +85,7 @@ def create_app(service: Service) -> Starlette:
         return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
 
     async def infer(request: Request) -> Response:
-        arrived = request.scope["mlcomponent.arrived"]
+        arrived = request.scope.get("mlcomponent.arrived")
         plane.check_model(request.path_params["name"])
         plane.admit()
 
@@ -167,6 +169,8 @@ def create_app(service: Service) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if threading.current_thread() is threading.main_thread():
+            on_terminate(service.stopping)
         await service.start()
         try:
             yield
@@ -183,5 +187,4 @@ def create_app(service: Service) -> Starlette:
             Exception: unexpected,
         },
     )
-    app.add_middleware(Observe, metrics=metrics, token=service.settings.auth_token())
-    return app
+    return Gateway(app, plane, metrics, service.settings.auth_token(), options.max_json_body)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
-from starlette.applications import Starlette
-
 from mlcomponent.http.app import create_app
-from mlcomponent.http.server import STOP_HOOKS
+from mlcomponent.http.asgi import Gateway
 from mlcomponent.logs import configure_logging
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import ServeOptions, Settings
 
 
-def app() -> Starlette:
+def app() -> Gateway:
     options = ServeOptions.from_env(os.environ)
     configure_logging(options.log_format, options.log_level)
     settings = Settings.build(options, os.environ)
     service = Service(settings, sync_boxes=False)
-    STOP_HOOKS.append(service.stopping)
-    return create_app(service)
+    app = create_app(service)
+    # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off
+    # them, and let it run less often; request objects are freed by reference counting.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    return app

@@ -39,9 +39,8 @@ def safe_filename(name: str | None, fallback: str) -> str:
 
 class RequestFiles:
     def __init__(self, root: Path, box: Box, model_name: str, url_for: Callable[[str], str]) -> None:
-        self.id = uuid.uuid4().hex
         self.root = root
-        self.folder = root / self.id
+        self._id: str | None = None
         self.box = box
         self.model_name = model_name
         self.url_for = url_for
@@ -51,6 +50,17 @@ class RequestFiles:
         self.keep_uploads = True
         self.upload_keys: dict[str, str] = {}
         self._created = False
+
+    @property
+    def id(self) -> str:
+        """Made on first use: most requests carry no files and never need one."""
+        if self._id is None:
+            self._id = uuid.uuid4().hex
+        return self._id
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.id
 
     def ensure_folder(self) -> Path:
         if not self._created:

@@ -1,14 +1,21 @@
 """Run the user's function in a worker process: crash isolation and hard timeouts.
 
-One worker process per HTTP worker, one call at a time. If the function segfaults,
-calls ``os._exit`` or is killed for memory, only the worker dies: that request gets a
-500 saying so, and a new worker (model reloaded) is started. A call past its deadline
-is answered with 504, its worker is killed and replaced; the call is never re-run.
+One worker process per HTTP worker. Calls are pipelined: the HTTP process writes
+each call to the worker's pipe as it arrives, the worker runs them one at a time in
+order and answers in order, so under load a context switch carries many calls.
+
+- If the function segfaults, calls ``os._exit`` or is killed for memory, only the
+  worker dies: the call it was running gets a 500 saying so; calls queued behind it
+  had not started, so they are sent again to a new worker (model reloaded).
+- A call past its deadline is answered with 504; if it is running, its worker is
+  killed and replaced; if it is still queued, the worker skips it (each call carries
+  its deadline). A timed-out call never runs again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -17,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlcomponent.errors import BadFunctionOutput, EntryPointError, FunctionFailed, Timeout, WorkerDied
@@ -37,8 +45,16 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+@dataclass(eq=False)
+class _Call:
+    frame: bytes
+    future: asyncio.Future[Any]
+    abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
+    started_at: float = field(default_factory=time.monotonic)
+
+
 class ProcessRunner:
-    """The parent's side of one worker process."""
+    """The HTTP process's side of one worker process."""
 
     def __init__(self, python_path: str, function: str, model_key: str, env: Mapping[str, str],
                  name: str, on_event: Callable[[str, float], None] | None = None) -> None:
@@ -50,16 +66,22 @@ class ProcessRunner:
         self.restarts = 0
         self.calls = 0
         self._process: asyncio.subprocess.Process | None = None
-        self._starting: asyncio.Task[FunctionSpec] | None = None
-        self._lock = asyncio.Lock()
-        self.waiting = 0
+        self._starting: asyncio.Future[FunctionSpec] | None = None
+        self._pending: collections.deque[_Call] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued behind the one running."""
+        return max(0, len(self._pending) - 1)
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     async def start(self) -> FunctionSpec:
-        if self._starting is None or (self._starting.done() and self._process is None):
+        if self._starting is None:
             self._starting = asyncio.ensure_future(self._spawn())
         return await asyncio.shield(self._starting)
 
@@ -73,15 +95,21 @@ class ProcessRunner:
             hello = await self._read(process)
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await process.wait()
+            self._starting = None
             raise EntryPointError(f"the worker process {_describe_exit(code)} while loading "
                                   f"{self.config['function']}") from None
         if hello[0] == "fatal":
             await process.wait()
+            self._starting = None
             raise EntryPointError(hello[1])
         self._process = process
         self.spec = hello[1]
+        assert process.stdin is not None
+        for call in self._pending:  # calls that had not started when the last worker died
+            process.stdin.write(call.frame)
+        self._reader = asyncio.ensure_future(self._read_replies(process))
         self.on_event("worker_started", time.perf_counter() - started)
-        log.info("worker %s started (pid %s)", self.name, process.pid)
+        log.info("worker for %s started (pid %s)", self.name, process.pid)
         return hello[1]
 
     @staticmethod
@@ -91,70 +119,74 @@ class ProcessRunner:
         (size,) = HEADER.unpack(header)
         return pickle.loads(await process.stdout.readexactly(size))
 
+    async def _read_replies(self, process: asyncio.subprocess.Process) -> None:
+        try:
+            while True:
+                reply = await self._read(process)
+                call = self._pending.popleft()
+                if not call.abandoned and not call.future.done():
+                    call.future.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        code = await process.wait()
+        if self._closing:
+            for call in self._pending:
+                if not call.future.done():
+                    call.future.set_exception(WorkerDied("the service is shutting down"))
+            return
+        self._process = None
+        self._starting = None
+        if self._pending:
+            running = self._pending.popleft()
+            if not running.abandoned and not running.future.done():
+                running.future.set_exception(WorkerDied(
+                    f"the worker process running inference died ({_describe_exit(code)}); it is being "
+                    "restarted and the model reloaded"))
+        self.restarts += 1
+        self.on_event("worker_restart", 1)
+        log.warning("worker for %s %s; starting a new one", self.name, _describe_exit(code))
+        self._starting = asyncio.ensure_future(self._spawn())
+        self._starting.add_done_callback(_log_failure)
+
     async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                    output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any:
         """Run one call; ``deadline`` is a ``loop.time()`` after which it is abandoned (504)."""
         loop = asyncio.get_running_loop()
-        self.waiting += 1
+        wall_deadline = None if deadline is None else time.time() + (deadline - loop.time())
+        payload = pickle.dumps(("call", parameters, inputs, output_fields, wall_deadline),
+                               protocol=pickle.HIGHEST_PROTOCOL)
+        call = _Call(HEADER.pack(len(payload)) + payload, loop.create_future())
+        self._pending.append(call)
+        process = self._process
+        if process is not None and process.stdin is not None:
+            process.stdin.write(call.frame)
+        # else: the worker is (re)starting, and _spawn sends every pending call
+        self.calls += 1
+        if len(call.frame) > 1 << 20 and process is not None and process.stdin is not None:
+            await process.stdin.drain()
         try:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise Timeout("the request's deadline passed before inference could start")
-            try:
-                await asyncio.wait_for(self._lock.acquire(), remaining)
-            except TimeoutError:
-                raise Timeout("the request's deadline passed while it waited for the worker; "
-                              "inference did not run") from None
-        finally:
-            self.waiting -= 1
-        try:
-            await self.start()
-            process = self._process
-            assert process is not None and process.stdin is not None
-            payload = pickle.dumps(("call", parameters, inputs, output_fields), protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.write(HEADER.pack(len(payload)) + payload)
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                reply = await asyncio.wait_for(self._roundtrip(process), remaining)
-            except TimeoutError:
-                await self._replace(process, "timed out")
-                raise Timeout(f"inference did not finish within the request's deadline; the call was stopped "
-                              "and will not be retried (its worker is restarted)") from None
-            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-                code = await process.wait()
-                await self._replace(process, _describe_exit(code))
-                raise WorkerDied(f"the worker process running inference died ({_describe_exit(code)}); "
-                                 "it is being restarted and the model reloaded") from None
-        finally:
-            self.calls += 1
-            self._lock.release()
+            if deadline is None:
+                reply = await call.future
+            else:
+                reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            call.abandoned = True
+            if self._pending and self._pending[0] is call and self._process is not None:
+                self._process.kill()  # it is running: stop it; the reader restarts the worker
+            raise Timeout("inference did not finish within the request's deadline; the call was stopped and "
+                          "will not be retried") from None
         kind = reply[0]
         if kind == "ok":
             return reply[1]
         if kind == "raised":
             log.error("inference raised:\n%s", reply[3])
             raise FunctionFailed(f"inference raised {reply[1]}: {reply[2]}")
+        if kind == "expired":
+            raise Timeout("the request's deadline passed before inference could start; it did not run")
         raise BadFunctionOutput(reply[1])
 
-    async def _roundtrip(self, process: asyncio.subprocess.Process) -> Any:
-        assert process.stdin is not None
-        await process.stdin.drain()
-        return await self._read(process)
-
-    async def _replace(self, process: asyncio.subprocess.Process, why: str) -> None:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if self._process is process:
-            self._process = None
-            self._starting = None
-        self.restarts += 1
-        self.on_event("worker_restart", 1)
-        log.warning("worker %s %s; starting a new one", self.name, why)
-        self._starting = asyncio.ensure_future(self._spawn())
-        self._starting.add_done_callback(_log_failure)
-
     async def close(self, grace: float = 5.0) -> None:
+        self._closing = True
         process = self._process
         self._process = None
         if process is None or process.returncode is not None:
@@ -166,8 +198,10 @@ class ProcessRunner:
         except TimeoutError:
             process.kill()
             await process.wait()
+        if self._reader is not None:
+            await self._reader
 
 
-def _log_failure(task: asyncio.Task[FunctionSpec]) -> None:
+def _log_failure(task: asyncio.Future[FunctionSpec]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("restarting the worker failed: %s", task.exception())

@@ -4,10 +4,10 @@ Started by ``ProcessRunner`` as ``python -m mlcomponent.runtime.worker``. It spe
 length-prefixed pickled tuples on the pipes it was started with (moved off stdin and
 stdout, so a ``print`` in user code goes to stderr and cannot corrupt the protocol):
 
-    parent → worker   ("call", parameters, inputs, output_fields)
+    parent → worker   ("call", parameters, inputs, output_fields, deadline)
     worker → parent   ("ready", FunctionSpec) | ("fatal", message)          once, at start
                       ("ok", outputs) | ("raised", type, message, traceback)
-                      | ("bad_return", message)                             per call
+                      | ("bad_return", message) | ("expired",)            per call, in order
 
 Imports are kept to the standard library and the loader, so a worker costs little
 memory beyond the user's own module and model.
@@ -15,11 +15,13 @@ memory beyond the user's own module and model.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
 import struct
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
@@ -66,7 +68,10 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
         message = read_frame(source)
         if message is None:
             return  # the parent closed the pipe: it is gone or shutting down
-        _, parameters, inputs, output_fields = message
+        _, parameters, inputs, output_fields, deadline = message
+        if deadline is not None and time.time() > deadline:
+            write_frame(sink, ("expired",))  # answered 504 already: never start it
+            continue
         try:
             result = function(parameters, inputs, output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
@@ -107,6 +112,9 @@ def main() -> int:
         write_frame(sink, ("fatal", f"{config['function']}: docstring specification: {error}"))
         return 1
     write_frame(sink, ("ready", spec))
+    gc.collect()
+    gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
+    gc.set_threshold(20_000, 50, 100)
     serve_calls(function, config["model_key"], source, sink)
     return 0
 

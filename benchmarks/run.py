@@ -1,0 +1,278 @@
+"""Serve the same trivial model with mlcomponent and its peers, load each the same way, print a table.
+
+    benchmarks/setup-peers.sh          # once: MLServer and KServe in their own venvs, wrk
+    .venv/bin/python benchmarks/run.py # about 4 minutes on 2 cores
+
+Each server is pinned to CPU 1 and wrk to CPU 0 (taskset), so the generator and the
+server never share a core. Only ratios from one run mean anything: the machine's
+speed moves ±30% with load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1.0, 2.0, 3.0, 4.0]}]}
+MB = 1024 * 1024
+EXTRA = os.environ.get("MLC_BENCH_ARGS", "").split()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    cwd: Path
+    path: str = "/v2/models/double/infer"
+    ready_path: str = "/v2/health/ready"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def servers(port: int, work: Path) -> dict[str, Server]:
+    python = sys.executable
+    mlserver_dir = work / "mlserver"
+    shutil.copytree(HERE / "peers" / "mlserver", mlserver_dir, dirs_exist_ok=True)
+    (mlserver_dir / "settings.json").write_text(orjson.dumps({
+        "http_port": port, "grpc_port": free_port(), "parallel_workers": 0, "debug": False,
+        "metrics_endpoint": None, "gzip_enabled": False}).decode())
+    return {
+        "mlcomponent": Server("mlcomponent", [python, "-m", "mlcomponent", "serve",
+                                              str(HERE / "models/double/mlcomponent.yaml"), "--port", str(port),
+                                              "--data-root", str(work / "mlc-data"), "--log-level", "warning", *EXTRA], ROOT),
+        "mlserver": Server("MLServer 1.7 (parallel workers off)",
+                           [str(HERE / ".venv-mlserver/bin/mlserver"), "start", str(mlserver_dir)], mlserver_dir),
+        "kserve": Server("KServe 0.21 ModelServer",
+                         [str(HERE / ".venv-kserve/bin/python"), str(HERE / "peers/kserve_double.py"), str(port)], HERE),
+        "bare": Server("bare uvicorn (ceiling)",
+                       [python, "-m", "uvicorn", "bare:app", "--port", str(port), "--log-level", "warning",
+                        "--no-access-log", "--loop", "uvloop", "--http", "httptools"], HERE / "peers"),
+    }
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
+@contextmanager
+def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as sink:
+        process = subprocess.Popen(["taskset", "-c", "1", *server.command], cwd=server.cwd, stdout=sink,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **server.env}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{server.ready_path}", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} not ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    output = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                             "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    failed = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        failed += sum(int(g) for g in socket_errors.groups())
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed}
+
+
+class PeakRss:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def large_tensor(port: int, binary: bool, elements: int = 1_000_000, repeat: int = 5) -> float:
+    """Median seconds for one request with `elements` FP32 values in and out."""
+    import array
+
+    values = array.array("f", (float(i % 1000) for i in range(elements)))
+    url = f"http://127.0.0.1:{port}/v2/models/double/infer"
+    if binary:
+        header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
+                                           "parameters": {"binary_data_size": len(values) * 4}}],
+                               "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+        content, headers = header + values.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    else:
+        content = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
+                                            "data": values.tolist()}]})
+        headers = {"Content-Type": "application/json"}
+    timings = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(repeat + 1):
+            started = time.perf_counter()
+            response = client.post(url, content=content, headers=headers)
+            response.raise_for_status()
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings[1:])
+
+
+def file_round_trip(port: int, size: int = 10 * MB, repeat: int = 5) -> float:
+    """Median seconds: upload a file (multipart), copy it to a FILE output, download it."""
+    payload = os.urandom(size)
+    url = f"http://127.0.0.1:{port}/v2/models/double/infer"
+    request = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{"name": "copy"}]}'
+    timings = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(repeat + 1):
+            started = time.perf_counter()
+            answer = client.post(url, data={"request": request},
+                                 files={"doc": ("blob.bin", payload, "application/octet-stream")})
+            answer.raise_for_status()
+            got = client.get(answer.json()["outputs"][0]["parameters"]["url"]).content
+            timings.append(time.perf_counter() - started)
+            assert got == payload, "the FILE round trip changed the bytes"
+    return statistics.median(timings[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        sys.exit("benchmarks need wrk and taskset: run benchmarks/setup-peers.sh")
+    levels = [int(c) for c in args.connections.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="mlc-bench-"))
+    script = work / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = \'{orjson.dumps(BODY).decode()}\'\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    results: dict[str, dict[str, object]] = {}
+    for key in args.only.split(","):
+        port = free_port()
+        server = servers(port, work)[key]
+        if not Path(server.command[0]).exists() and not shutil.which(server.command[0]):
+            print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
+            continue
+        print(f"== {server.name}", file=sys.stderr)
+        with running(server, port, work / f"{key}.log") as process:
+            url = f"http://127.0.0.1:{port}{server.path}"
+            check = httpx.post(url, json=BODY, timeout=10)
+            assert check.status_code == 200 and check.json()["outputs"][0]["data"] == [2, 4, 6, 8], check.text
+            wrk(url, 8, args.warmup, script)
+            row: dict[str, object] = {"idle_rss": tree_rss(process.pid)}
+            with PeakRss(process.pid) as peak:
+                for connections in levels:
+                    row[connections] = wrk(url, connections, args.seconds, script)
+                    print(f"   {connections:>3} connections: {row[connections]}", file=sys.stderr)
+            row["loaded_rss"] = peak.peak
+            if key in ("mlcomponent", "mlserver", "kserve"):
+                row["large_json"] = large_tensor(port, binary=False)
+            if key == "mlcomponent":
+                row["large_binary"] = large_tensor(port, binary=True)
+                row["file"] = file_round_trip(port)
+        results[key] = row
+    table = render(results, levels)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
+    names = {"mlcomponent": "mlcomponent (defaults)", "mlserver": "MLServer 1.7.1, parallel workers off",
+             "kserve": "KServe 0.21 ModelServer", "bare": "bare uvicorn (ceiling)"}
+    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
+           if Path("/proc/cpuinfo").exists() else "unknown CPU")
+    lines = [f"Machine: {os.cpu_count()} cores, {cpu}; server on CPU 1, wrk on CPU 0; "
+             f"{time.strftime('%Y-%m-%d')}", "",
+             "| server | " + " | ".join(f"req/s @{c}" for c in levels) + " | " +
+             " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
+             "|---" * (2 * len(levels) + 4) + "|"]
+    for key, row in results.items():
+        runs = [row[c] for c in levels]
+        lines.append(f"| {names[key]} | " + " | ".join(f"{r['rps']:,.0f}" for r in runs) + " | " +  # type: ignore[index]
+                     " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + " | " +  # type: ignore[index]
+                     f"{sum(int(r['errors']) for r in runs)} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[index]
+                     f"{int(row['loaded_rss']) / MB:.0f} MB |")
+    if "mlcomponent" in results:
+        mine = results["mlcomponent"]
+        peers = [results[k] for k in ("mlserver", "kserve") if k in results]
+        lines += ["", "| ratio | " + " | ".join(f"@{c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+        if peers:
+            lines.append("| mlcomponent / best of MLServer, KServe | " + " | ".join(
+                f"{mine[c]['rps'] / max(p[c]['rps'] for p in peers):.2f}×" for c in levels) + " |")  # type: ignore[index]
+        if "bare" in results:
+            lines.append("| mlcomponent / bare uvicorn | " + " | ".join(
+                f"{mine[c]['rps'] / results['bare'][c]['rps']:.0%}" for c in levels) + " |")  # type: ignore[index]
+        lines += ["", "| 1M FP32 elements in and out (median of 5) | seconds |", "|---|---|"]
+        for key in ("mlcomponent", "mlserver", "kserve"):
+            if key in results and "large_json" in results[key]:
+                lines.append(f"| {names[key]}, JSON | {results[key]['large_json']:.3f} |")
+        lines.append(f"| mlcomponent, binary tensor extension | {mine['large_binary']:.3f} |")
+        lines.append(f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
