@@ -9,7 +9,13 @@ from typing import Any
 
 from mlcomponent.errors import BadFunctionOutput
 from mlcomponent.protocol.request import InferenceCall
-from mlcomponent.protocol.tensors import as_plain, canonical_datatype, flatten, shape_problem, values_problem
+from mlcomponent.protocol.tensors import (
+    as_plain,
+    canonical_datatype,
+    flatten_with_kinds,
+    shape_problem,
+    values_problem,
+)
 from mlcomponent.spec.model import FunctionSpec
 
 
@@ -55,7 +61,7 @@ def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: Fun
             raise BadFunctionOutput(f"{where}: FILE data must be the path of the written file, got {data!r:.80}")
         shape = [1] if shape is None else shape
     else:
-        data = flatten(data)
+        data, kinds = flatten_with_kinds(data)
         if shape is None:
             shape = [len(data)]
     problem = shape_problem(shape)
@@ -67,7 +73,7 @@ def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: Fun
             expected *= size
         if len(data) != expected:
             raise BadFunctionOutput(f"{where}: shape {shape} needs {expected} elements, data has {len(data)}")
-        problem = values_problem(datatype, data, declared.allow_nan if declared else False)
+        problem = values_problem(datatype, data, declared.allow_nan if declared else False, kinds)
         if problem:
             raise BadFunctionOutput(f"{where}: {problem}")
     if declared is not None and not declared.shape_matches(shape):

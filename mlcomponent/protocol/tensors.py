@@ -24,14 +24,22 @@ def canonical_datatype(datatype: Any) -> str | None:
 
 
 def flatten(data: Any) -> list[Any]:
-    """Row-major flattening of nested lists; a flat list is returned as it is."""
+    """Row-major flattening of nested lists; a flat list is returned as it is (checked at C speed)."""
+    return flatten_with_kinds(data)[0]
+
+
+def flatten_with_kinds(data: Any) -> tuple[list[Any], set[type]]:
+    """The flat list and the set of its elements' types (computed once, reused by the checks)."""
     if not isinstance(data, list):
-        return [data]
-    for item in data:
-        if isinstance(item, list):
-            break
-    else:
-        return data
+        return [data], {type(data)}
+    kinds = set(map(type, data))
+    if list not in kinds:
+        return data, kinds
+    flat = _flatten_nested(data)
+    return flat, set(map(type, flat))
+
+
+def _flatten_nested(data: list[Any]) -> list[Any]:
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -57,8 +65,41 @@ def shape_problem(shape: Any) -> str | None:
     return None
 
 
-def values_problem(datatype: str, data: list[Any], allow_nan: bool = False) -> str | None:
-    """Why the flat ``data`` does not fit ``datatype``, or None."""
+NUMBER_KINDS = frozenset({int, float})
+
+
+def values_problem(datatype: str, data: list[Any], allow_nan: bool = False,
+                   kinds: set[type] | None = None) -> str | None:
+    """Why the flat ``data`` does not fit ``datatype``, or None.
+
+    The common case (everything fine) is decided with C-speed builtins over the whole
+    list (``set(map(type, ...))``, ``min``, ``max``, ``sum``); only a list that fails
+    them is walked element by element to name the first bad one.
+    """
+    if not data or datatype == "FILE":
+        return None
+    if kinds is None:
+        kinds = set(map(type, data))
+    if datatype == "str":
+        return None if kinds == {str} else _first_problem(datatype, data, allow_nan)
+    if datatype == "INT32":
+        if kinds == {int} and min(data) >= INT32_MIN and max(data) <= INT32_MAX:
+            return None
+        return _first_problem(datatype, data, allow_nan)
+    if kinds <= NUMBER_KINDS:
+        total = sum(data)
+        if total - total == 0:  # a finite sum: no NaN or inf anywhere
+            if datatype == "FP64" or (-FP32_MAX <= min(data) and max(data) <= FP32_MAX):
+                return None
+    return _first_problem(datatype, data, allow_nan)
+
+
+def _first_problem(datatype: str, data: list[Any], allow_nan: bool) -> str | None:
+    if datatype == "str":
+        for index, value in enumerate(data):
+            if type(value) is not str:
+                return f"element {index} is {value!r}, not a string (str)"
+        return None
     if datatype == "INT32":
         for index, value in enumerate(data):
             if type(value) is not int:
@@ -66,24 +107,17 @@ def values_problem(datatype: str, data: list[Any], allow_nan: bool = False) -> s
             if not INT32_MIN <= value <= INT32_MAX:
                 return f"element {index} = {value} is out of INT32 range [{INT32_MIN}, {INT32_MAX}]"
         return None
-    if datatype in ("FP32", "FP64"):
-        limit = FP32_MAX if datatype == "FP32" else math.inf
-        for index, value in enumerate(data):
-            kind = type(value)
-            if kind is not float and kind is not int:
-                return f"element {index} is {value!r}, not a number ({datatype})"
-            if not (-limit <= value <= limit):
-                if value != value or math.isinf(value):
-                    if allow_nan:
-                        continue
-                    return f"element {index} is {value!r}; {datatype} values must be finite"
-                return f"element {index} = {value} overflows {datatype}"
-        return None
-    if datatype == "str":
-        for index, value in enumerate(data):
-            if type(value) is not str:
-                return f"element {index} is {value!r}, not a string (str)"
-        return None
+    limit = FP32_MAX if datatype == "FP32" else math.inf
+    for index, value in enumerate(data):
+        kind = type(value)
+        if kind is not float and kind is not int:
+            return f"element {index} is {value!r}, not a number ({datatype})"
+        if not (-limit <= value <= limit):
+            if value != value or math.isinf(value):
+                if allow_nan:
+                    continue
+                return f"element {index} is {value!r}; {datatype} values must be finite"
+            return f"element {index} = {value} overflows {datatype}"
     return None
 
 
