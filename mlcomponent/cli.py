@@ -150,6 +150,137 @@ def _sync_mounts(settings: Settings) -> None:
         resolve_mounts(settings, sync=True, progress=progress)
 
 
+def _split_assignment(text: str, option: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise click.BadParameter(f"{text!r} must look like name=value", param_hint=option)
+    return name.strip(), value
+
+
+def _typed_parameter(raw: str, declared: dict[str, object] | None) -> object:
+    import yaml
+
+    kind = (declared or {}).get("type")
+    try:
+        if kind == "str":
+            return raw
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is not a valid {kind}", param_hint="-p") from None
+    value = yaml.safe_load(raw) if raw else ""
+    return value if isinstance(value, (str, int, float, bool)) else raw
+
+
+def _typed_input(raw: str, datatype: str | None) -> object:
+    import json
+
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise click.BadParameter(f"{raw!r} is not valid JSON", param_hint="-i") from None
+    items = [item.strip() for item in text.split(",")] if text else []
+    try:
+        if datatype == "INT32":
+            return [int(item) for item in items]
+        if datatype in ("FP32", "FP64") or datatype is None:
+            return [float(item) for item in items]
+    except ValueError:
+        if datatype is not None:
+            raise click.BadParameter(f"{raw!r}: {datatype} values must be numbers", param_hint="-i") from None
+    return items
+
+
+@main.command()
+@click.argument("url")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="NAME=V[,V...]",
+              help="An input's values (comma-separated, or JSON); typed from the service's metadata.")
+@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="A request parameter.")
+@click.option("-f", "--file", "files", multiple=True, metavar="NAME=@PATH", help="A file for a FILE input.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Save FILE outputs here.")
+@click.option("--output", "outputs", multiple=True, metavar="NAME", help="Ask for this output (repeatable).")
+@click.option("--file-output", "file_outputs", multiple=True, metavar="NAME",
+              help="Ask for this output as a FILE (for functions without a docstring spec).")
+@click.option("--model", help="Model name (default: the one the service serves).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw V2 response.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--token-env", help="Env var holding a bearer token.")
+def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files: tuple[str, ...],
+          output_dir: str | None, outputs: tuple[str, ...], file_outputs: tuple[str, ...], model: str | None,
+          as_json: bool, timeout: float, token_env: str | None) -> None:
+    """Call a running service at URL and print its outputs."""
+    import json
+
+    from mlcomponent.client import Client, ClientError
+    from mlcomponent.cli_output import print_result, transfer_progress
+
+    token = os.environ.get(token_env) if token_env else None
+    try:
+        with Client(url, model, timeout=timeout, token=token) as client:
+            metadata = client.metadata()
+            declared_inputs = {t["name"]: t for t in metadata.get("inputs", [])}
+            declared_params = {p["name"]: p for p in metadata.get("parameters", {}).get("parameters", [])}
+            values = {}
+            for text in inputs:
+                name, raw = _split_assignment(text, "-i")
+                values[name] = _typed_input(raw, declared_inputs.get(name, {}).get("datatype"))
+            params = {}
+            for text in parameters:
+                name, raw = _split_assignment(text, "-p")
+                params[name] = _typed_parameter(raw, declared_params.get(name))
+            paths = {}
+            for text in files:
+                name, raw = _split_assignment(text, "-f")
+                path = Path(raw.removeprefix("@")).expanduser()
+                if not path.is_file():
+                    raise click.BadParameter(f"{path} is not a file", param_hint="-f")
+                paths[name] = path
+            size = sum(p.stat().st_size for p in paths.values())
+            with transfer_progress(size, "uploading") as progress:
+                wanted: list[str | dict[str, object]] = [*outputs, *(
+                    {"name": name, "parameters": {"datatype": "FILE"}} for name in file_outputs)]
+                result = client.infer(values, parameters=params, files=paths, outputs=wanted or None,
+                                      progress=progress)
+            saved = {}
+            if output_dir:
+                for name, output in result.files.items():
+                    with transfer_progress(0, f"downloading {name}") as progress:
+                        saved[name] = client.download(output, Path(output_dir) / Path(output.key).name, progress)
+    except ClientError as error:
+        _fail(f"error: {error.message}")
+        return
+    if as_json:
+        click.echo(json.dumps(result.raw, indent=2))
+        return
+    print_result(result, saved)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(folder: str, force: bool) -> None:
+    """Scaffold a working module in FOLDER: function with docstring spec, manifest, model, test."""
+    from mlcomponent.scaffold import scaffold
+
+    try:
+        written = scaffold(Path(folder), force)
+    except FileExistsError as error:
+        _fail(f"init: {error}")
+        return
+    for path in written:
+        click.echo(f"wrote {path}")
+    manifest = Path(folder) / "mlcomponent.yaml"
+    click.echo(f"\nnext: mlcomponent validate {manifest} && mlcomponent serve {manifest}")
+
+
 @main.command("sync-box")
 @click.argument("box")
 @click.argument("destination", type=click.Path(file_okay=False))

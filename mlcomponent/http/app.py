@@ -123,6 +123,10 @@ def create_app(service: Service) -> Gateway:
         return StreamingResponse(plane.file_box.read_chunks(key), media_type=media,
                                  headers={"Content-Length": str(info.size)})
 
+    async def repository_index(request: Request) -> Response:
+        return json_response([{"name": plane.model_name, "version": "",
+                               "state": "READY" if plane.ready else "UNAVAILABLE"}])
+
     async def prometheus(request: Request) -> Response:
         metrics.queued.set(plane.runner.waiting)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -161,6 +165,7 @@ def create_app(service: Service) -> Gateway:
         Route(model + "/infer", infer, methods=["POST"]),
         Route(version + "/infer", infer, methods=["POST"]),
         Route(model + "/files/{key:path}", download, name="file"),
+        Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
         Route("/metrics", prometheus),
         Route("/docs", docs),
         Route("/openapi.json", docs),
