@@ -72,6 +72,8 @@ def validate(manifest: str) -> None:
 @click.option("--max-queue", default=64, show_default=True, type=int, help="Requests waiting per worker before 503.")
 @click.option("--max-json-body", default=64, show_default=True, type=int, help="JSON body limit, MB.")
 @click.option("--max-upload", default=1024, show_default=True, type=int, help="File upload limit, MB.")
+@click.option("--max-inputs", default=64, show_default=True, type=int, help="Inputs per request.")
+@click.option("--max-elements", default=16 * 1024 * 1024, show_default=True, type=int, help="Elements per input.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--auth-token-env", help="Env var holding a bearer token required on data endpoints.")
@@ -81,7 +83,8 @@ def validate(manifest: str) -> None:
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
-          timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, log_format: str,
+          timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
+          max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, reload: bool) -> None:
     """Serve MANIFEST's inference function over HTTP."""
@@ -100,6 +103,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         data_root=str(Path(data_root).resolve()) if data_root else None,
         boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout,
         max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
+        max_inputs=max_inputs, max_elements=max_elements,
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate)
     configure_logging(log_format, log_level)
