@@ -82,7 +82,8 @@ def validate(manifest: str) -> None:
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
-def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None, workers: int | None,
+def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
+          workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
@@ -223,8 +224,8 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
     """Call a running service at URL and print its outputs."""
     import json
 
-    from mlcomponent.client import Client, ClientError
     from mlcomponent.cli_output import print_result, transfer_progress
+    from mlcomponent.client import Client, ClientError
 
     token = os.environ.get(token_env) if token_env else None
     try:
@@ -249,8 +250,8 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
                 paths[name] = path
             size = sum(p.stat().st_size for p in paths.values())
             with transfer_progress(size, "uploading") as progress:
-                wanted: list[str | dict[str, object]] = [*outputs, *(
-                    {"name": name, "parameters": {"datatype": "FILE"}} for name in file_outputs)]
+                wanted: list[str | dict[str, object]] = [*outputs]
+                wanted += [{"name": name, "parameters": {"datatype": "FILE"}} for name in file_outputs]
                 result = client.infer(values, parameters=params, files=paths, outputs=wanted or None,
                                       progress=progress)
             saved = {}
@@ -318,7 +319,8 @@ def sync_box(box: str, destination: str, sub_path: str, endpoint: str | None, re
               help="Operator configuration (registries, S3 endpoint, CSI mounts).")
 def render(manifest: str, config_path: str | None) -> None:
     """Print the Kubernetes objects MANIFEST becomes, as multi-document YAML."""
-    from mlcomponent.kubernetes.render import OperatorConfig, render as render_objects, to_yaml
+    from mlcomponent.kubernetes.render import OperatorConfig, to_yaml
+    from mlcomponent.kubernetes.render import render as render_objects
     from mlcomponent.manifest import load_manifest
 
     try:

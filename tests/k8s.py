@@ -107,7 +107,7 @@ def is_subset(expected: Any, actual: Any, path: str = "") -> None:
             is_subset(value, actual[key], f"{path}.{key}")
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), f"{path}: {actual!r} != {expected!r}"
-        for index, (want, got) in enumerate(zip(expected, actual)):
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
             is_subset(want, got, f"{path}[{index}]")
     else:
         assert expected == actual or str(expected) == str(actual), f"{path}: {actual!r} != {expected!r}"

@@ -92,7 +92,7 @@ def test_the_operator_creates_exactly_the_rendered_objects(cluster: Cluster, run
     expected = render(load_manifest(SEED_MANIFEST))
     for obj in expected:
         kind, name = obj["kind"].lower(), obj["metadata"]["name"]
-        live = eventually(lambda: get(cluster, kind, name), what=f"{kind} {name}")
+        live = eventually(lambda kind=kind, name=name: get(cluster, kind, name), what=f"{kind} {name}")
         is_subset(obj, live)
         owners = live["metadata"]["ownerReferences"]
         assert [(o["kind"], o["name"], o.get("controller")) for o in owners] == [("MLComponent", NAME, True)]
@@ -187,7 +187,8 @@ def test_deleting_the_component_removes_its_objects(cluster: Cluster, running_op
     eventually(lambda: get(cluster, "service", NAME), what="service")
     cluster.kubectl("delete", "mlc", NAME, "-n", NAMESPACE, "--wait=true", "--timeout=60s")
     for kind, name in (("deployment", NAME), ("service", NAME), ("configmap", f"{NAME}-manifest")):
-        eventually(lambda: get(cluster, kind, name) is None, timeout=120, what=f"{kind} {name} collected")
+        eventually(lambda kind=kind, name=name: get(cluster, kind, name) is None, timeout=120,
+                   what=f"{kind} {name} collected")
 
 
 def test_the_api_server_rejects_every_expressible_invalid_variant(cluster: Cluster) -> None:

@@ -79,7 +79,7 @@ def test_box_with_neither_mount_nor_copy() -> None:
 def test_duplicate_box_names() -> None:
     text = SEED.replace("    - name: user-box", "    - name: model-box")
     found = problems(text)
-    line = [n for n, l in enumerate(text.splitlines(), 1) if "- name: model-box" in l][1]
+    line = [n for n, text_line in enumerate(text.splitlines(), 1) if "- name: model-box" in text_line][1]
     assert any(p.startswith(f"m.yaml:{line}: spec.connectedBoxes[1].name: duplicate box name 'model-box'")
                for p in found), found
 

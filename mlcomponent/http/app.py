@@ -22,10 +22,10 @@ from starlette.routing import Route
 from mlcomponent import __version__
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
+from mlcomponent.http.asgi import Gateway
 from mlcomponent.http.body import read_body
 from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.metrics import CONTENT_TYPE, Metrics
-from mlcomponent.http.asgi import Gateway
 from mlcomponent.http.multipart import is_multipart, read_multipart
 from mlcomponent.http.openapi import openapi_document
 from mlcomponent.http.server import on_terminate

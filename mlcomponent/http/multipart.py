@@ -111,7 +111,8 @@ async def read_multipart(request: Request, files: RequestFiles, max_json: int, m
     finally:
         reader.close()
     body = _request_json(bytes(reader.json)) if reader.saw_request else {"inputs": []}
-    return _merge_uploads(body, files)
+    merged: dict[str, Any] = _merge_uploads(body, files)
+    return merged
 
 
 def _request_json(raw: bytes) -> Any:

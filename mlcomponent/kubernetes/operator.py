@@ -40,7 +40,7 @@ def _dynamic() -> DynamicClient:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ready_condition(status: str, reason: str, message: str, generation: int | None) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     if any(c.get("reason") == "InvalidSpec" for c in conditions):
         return
     status, reason, message = deployment_readiness(dict(body))
-    current = next((c for c in conditions if c.get("type") == "Ready"), {})
+    current: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
     if (current.get("status"), current.get("reason"), current.get("message")) == (status, reason, message):
         return
     generation = parent["metadata"].get("generation")

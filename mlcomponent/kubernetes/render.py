@@ -84,7 +84,7 @@ def _metadata(manifest: Manifest, name: str) -> dict[str, Any]:
 def manifest_yaml(manifest: Manifest) -> str:
     data = manifest.model_dump(by_alias=True, exclude_none=True, mode="json")
     data["metadata"] = {k: v for k, v in data["metadata"].items() if k in ("name", "namespace")}
-    return yaml.safe_dump(data, sort_keys=False)
+    return str(yaml.safe_dump(data, sort_keys=False))
 
 
 def boxes_file(manifest: Manifest, config: OperatorConfig) -> str:
@@ -101,7 +101,7 @@ def boxes_file(manifest: Manifest, config: OperatorConfig) -> str:
             if config.s3_region:
                 s3["region"] = config.s3_region
             boxes[box.s3_box_name] = {"s3": s3}
-    return yaml.safe_dump({"boxes": boxes}, sort_keys=True)
+    return str(yaml.safe_dump({"boxes": boxes}, sort_keys=True))
 
 
 def config_map(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
@@ -272,7 +272,7 @@ def render(manifest: Manifest, config: OperatorConfig | None = None) -> list[dic
     return [config_map(manifest, config), *claims(manifest, config), deployment(manifest, config), service(manifest)]
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
     """Multi-line strings (the manifest in the ConfigMap) as readable `|` blocks."""
 
 
@@ -285,7 +285,7 @@ _Dumper.add_representer(str, _str)
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)
+    return str(yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False))
 
 
 def service_url(manifest: Manifest) -> str:

@@ -68,7 +68,7 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> dict[str, Any]:
         known = ", ".join(spec.inputs_by_name) or "none"
         raise SpecViolation(f"{where} is not declared by the function (declared inputs: {known})")
     content_type = _content_type(item, params)
-    shape = item.get("shape")
+    shape: Any = item.get("shape")
     if datatype == "FILE":
         shape = [1] if shape is None else shape
         problem = shape_problem(shape)

@@ -103,14 +103,15 @@ class ProcessRunner:
             self._starting = None
             raise EntryPointError(hello[1])
         self._process = process
-        self.spec = hello[1]
+        spec: FunctionSpec = hello[1]
+        self.spec = spec
         assert process.stdin is not None
         for call in self._pending:  # calls that had not started when the last worker died
             process.stdin.write(call.frame)
         self._reader = asyncio.ensure_future(self._read_replies(process))
         self.on_event("worker_started", time.perf_counter() - started)
         log.info("worker for %s started (pid %s)", self.name, process.pid)
-        return hello[1]
+        return spec
 
     @staticmethod
     async def _read(process: asyncio.subprocess.Process) -> Any:

@@ -35,7 +35,9 @@ class Runner(Protocol):
     model_key: str
     restarts: int
     calls: int
-    waiting: int
+
+    @property
+    def waiting(self) -> int: ...
 
     async def start(self) -> FunctionSpec: ...
 

@@ -26,7 +26,7 @@ class TensorSpec:
 
     def shape_matches(self, shape: list[int] | tuple[int, ...]) -> bool:
         return len(shape) == len(self.shape) and all(
-            want in (-1, got) for want, got in zip(self.shape, shape)
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         )
 
     def content_type_matches(self, content_type: str | None) -> bool:
