@@ -221,6 +221,15 @@ def build_inputs(values: Mapping[str, Any], metadata: Mapping[str, Any] | None) 
     return tensors
 
 
+def _download_target(output: FileOutput, destination: str | Path) -> tuple[Path, Path]:
+    """The final path (a folder keeps the output's file name) and the partial file written first."""
+    target = Path(destination)
+    if target.is_dir() or str(destination).endswith("/"):
+        target = target / Path(output.key).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target, target.with_name(target.name + ".part")
+
+
 class _Progress:
     """A file wrapper that reports bytes read, for upload progress bars."""
 
@@ -364,12 +373,7 @@ class Client(_Base):
     def download(self, output: FileOutput, destination: str | Path,
                  progress: Callable[[int], None] | None = None) -> Path:
         """Stream a FILE output to ``destination`` (a folder keeps the output's file name)."""
-        target = Path(destination)
-        if target.is_dir() or str(destination).endswith("/"):
-            target.mkdir(parents=True, exist_ok=True)
-            target = target / Path(output.key).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        target, partial = _download_target(output, destination)
         with self._http.stream("GET", output.url) as response:
             if response.status_code >= 400:
                 response.read()
@@ -447,12 +451,7 @@ class AsyncClient(_Base):
         return parse_result(response.json())
 
     async def download(self, output: FileOutput, destination: str | Path) -> Path:
-        target = Path(destination)
-        if target.is_dir() or str(destination).endswith("/"):
-            target.mkdir(parents=True, exist_ok=True)
-            target = target / Path(output.key).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        target, partial = _download_target(output, destination)
         async with self._http.stream("GET", output.url) as response:
             if response.status_code >= 400:
                 await response.aread()

@@ -12,7 +12,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mlcomponent.boxes.config import BoxesConfig
 from mlcomponent.manifest import Manifest, load_manifest
@@ -135,6 +134,3 @@ class Settings:
         if self.options.auth_token_env:
             return self.environ.get(self.options.auth_token_env) or None
         return None
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "data_root": str(self.data_root), "workers": self.workers}

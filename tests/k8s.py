@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, stop_group
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
 BIN = Path(os.environ.get("K8S_BIN_DIR", "/var/cache/mlcomponent-k8s/bin"))
@@ -74,13 +74,7 @@ def operator(cluster: Cluster, log: Path, *args: str) -> Iterator[subprocess.Pop
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:

@@ -105,13 +105,18 @@ def serve(manifest: Path, *args: str, data_root: Path | None = None, env: dict[s
         wait_until_live(url, process, log, path=wait_path)
         yield Server(url, process, log, data_root or manifest.parent / "data")
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group started for a test, SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def wait_ready(server: Server, deadline_s: float = 60) -> None:

@@ -13,6 +13,7 @@ from mlcomponent.errors import BadRequest, SpecViolation
 from mlcomponent.protocol.tensors import (
     DATATYPES,
     canonical_datatype,
+    count_problem,
     flatten_with_kinds,
     shape_problem,
     values_problem,
@@ -86,12 +87,8 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> dict[str, Any]:
         if "data" not in item:
             raise BadRequest(f"{where}: `data` is missing")
         data, kinds = flatten_with_kinds(item["data"])
-        expected = 1
-        for size in shape:
-            expected *= size
-        if len(data) != expected:
-            raise BadRequest(f"{where}: shape {shape} needs {expected} elements, data has {len(data)}")
-        problem = values_problem(datatype, data, declared.allow_nan if declared else False, kinds)
+        problem = count_problem(shape, data) or values_problem(
+            datatype, data, declared.allow_nan if declared else False, kinds)
         if problem:
             raise BadRequest(f"{where}: {problem}")
     if declared is not None:

@@ -12,6 +12,7 @@ from mlcomponent.protocol.request import InferenceCall
 from mlcomponent.protocol.tensors import (
     as_plain,
     canonical_datatype,
+    count_problem,
     flatten_with_kinds,
     shape_problem,
     values_problem,
@@ -68,12 +69,8 @@ def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: Fun
     if problem:
         raise BadFunctionOutput(f"{where}: {problem}")
     if datatype != "FILE":
-        expected = 1
-        for size in shape:
-            expected *= size
-        if len(data) != expected:
-            raise BadFunctionOutput(f"{where}: shape {shape} needs {expected} elements, data has {len(data)}")
-        problem = values_problem(datatype, data, declared.allow_nan if declared else False, kinds)
+        problem = count_problem(shape, data) or values_problem(
+            datatype, data, declared.allow_nan if declared else False, kinds)
         if problem:
             raise BadFunctionOutput(f"{where}: {problem}")
     if declared is not None and not declared.shape_matches(shape):

@@ -53,8 +53,12 @@ def _flatten_nested(data: list[Any]) -> list[Any]:
     return flat
 
 
-def element_count(shape: list[int]) -> int:
-    return math.prod(shape)
+def count_problem(shape: list[int], data: list[Any]) -> str | None:
+    """Why ``data`` cannot fill ``shape`` (row-major), or None."""
+    expected = math.prod(shape)
+    if len(data) != expected:
+        return f"shape {shape} needs {expected} elements, data has {len(data)}"
+    return None
 
 
 def shape_problem(shape: Any) -> str | None:
