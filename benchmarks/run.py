@@ -1,7 +1,9 @@
 """Serve the same trivial model with mlcomponent and its peers, load each the same way, print a table.
 
-    benchmarks/setup-peers.sh          # once: MLServer and KServe in their own venvs, wrk
-    .venv/bin/python benchmarks/run.py # about 4 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py   # about 4 minutes on 2 cores (+ the peers' install, once)
+
+The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
+their own venvs, and wrk).
 
 Each server is pinned to CPU 1 and wrk to CPU 0 (taskset), so the generator and the
 server never share a core. Only ratios from one run mean anything: the machine's
@@ -201,6 +203,10 @@ def main() -> None:
     parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
     args = parser.parse_args()
+    peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
+    if peers_missing or not shutil.which("wrk"):
+        print("installing the peers and wrk (benchmarks/setup-peers.sh) ...", file=sys.stderr)
+        subprocess.run([str(HERE / "setup-peers.sh")], check=True)
     if not shutil.which("wrk") or not shutil.which("taskset"):
         sys.exit("benchmarks need wrk and taskset: run benchmarks/setup-peers.sh")
     levels = [int(c) for c in args.connections.split(",")]
