@@ -53,6 +53,52 @@ class _Call:
     started_at: float = field(default_factory=time.monotonic)
 
 
+class _Pipe(asyncio.SubprocessProtocol):
+    """Frames from the worker's stdout, parsed as they arrive: no reader task, no stream awaits."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[_Pipe], None]) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.buffer = bytearray()
+        self.transport: Any = None  # asyncio's or uvloop's subprocess transport
+        self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            end = HEADER.size + size
+            if len(buffer) < end:
+                return
+            message = pickle.loads(bytes(buffer[HEADER.size:end]))
+            del buffer[:end]
+            if self.hello.done():
+                self.on_message(message)
+            else:
+                self.hello.set_result(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The worker exited and its pipes are closed."""
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError("the worker exited before it loaded the function"))
+        self.on_lost(self)
+
+    def write(self, frame: bytes) -> None:
+        assert self.transport is not None
+        pipe = self.transport.get_pipe_transport(0)
+        if pipe is not None and not pipe.is_closing():
+            pipe.write(frame)
+
+    @property
+    def returncode(self) -> int | None:
+        code: int | None = self.transport.get_returncode() if self.transport else None
+        return code
+
+
 class ProcessRunner:
     """The HTTP process's side of one worker process."""
 
@@ -65,11 +111,11 @@ class ProcessRunner:
         self.spec: FunctionSpec | None = None
         self.restarts = 0
         self.calls = 0
-        self._process: asyncio.subprocess.Process | None = None
+        self._pipe: _Pipe | None = None
         self._starting: asyncio.Future[FunctionSpec] | None = None
         self._pending: collections.deque[_Call] = collections.deque()
-        self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed: asyncio.Event | None = None
 
     @property
     def waiting(self) -> int:
@@ -78,7 +124,9 @@ class ProcessRunner:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        transport = self._pipe.transport if self._pipe else None
+        pid: int | None = transport.get_pid() if transport else None
+        return pid
 
     async def start(self) -> FunctionSpec:
         if self._starting is None:
@@ -87,56 +135,48 @@ class ProcessRunner:
 
     async def _spawn(self) -> FunctionSpec:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         env = {**os.environ, CONFIG_ENV: json.dumps(self.config)}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mlcomponent.runtime.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20)
+        _, pipe = await loop.subprocess_exec(
+            lambda: _Pipe(self._on_reply, self._on_lost), sys.executable, "-m", "mlcomponent.runtime.worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
+            start_new_session=True)
         try:
-            hello = await self._read(process)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            code = await process.wait()
+            hello = await pipe.hello
+        except ConnectionError:
             self._starting = None
-            raise EntryPointError(f"the worker process {_describe_exit(code)} while loading "
+            raise EntryPointError(f"the worker process {_describe_exit(pipe.returncode)} while loading "
                                   f"{self.config['function']}") from None
         if hello[0] == "fatal":
-            await process.wait()
             self._starting = None
             raise EntryPointError(hello[1])
-        self._process = process
         spec: FunctionSpec = hello[1]
         self.spec = spec
-        assert process.stdin is not None
+        self._pipe = pipe
         for call in self._pending:  # calls that had not started when the last worker died
-            process.stdin.write(call.frame)
-        self._reader = asyncio.ensure_future(self._read_replies(process))
+            pipe.write(call.frame)
         self.on_event("worker_started", time.perf_counter() - started)
-        log.info("worker for %s started (pid %s)", self.name, process.pid)
+        log.info("worker for %s started (pid %s)", self.name, self.pid)
         return spec
 
-    @staticmethod
-    async def _read(process: asyncio.subprocess.Process) -> Any:
-        assert process.stdout is not None
-        header = await process.stdout.readexactly(HEADER.size)
-        (size,) = HEADER.unpack(header)
-        return pickle.loads(await process.stdout.readexactly(size))
+    def _on_reply(self, reply: Any) -> None:
+        call = self._pending.popleft()
+        if not call.abandoned and not call.future.done():
+            call.future.set_result(reply)
 
-    async def _read_replies(self, process: asyncio.subprocess.Process) -> None:
-        try:
-            while True:
-                reply = await self._read(process)
-                call = self._pending.popleft()
-                if not call.abandoned and not call.future.done():
-                    call.future.set_result(reply)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        code = await process.wait()
+    def _on_lost(self, pipe: _Pipe) -> None:
+        if pipe is not self._pipe:
+            return  # a worker that never became the current one (failed start)
+        self._pipe = None
         if self._closing:
             for call in self._pending:
                 if not call.future.done():
                     call.future.set_exception(WorkerDied("the service is shutting down"))
+            if self._closed is not None:
+                self._closed.set()
             return
-        self._process = None
         self._starting = None
+        code = pipe.returncode
         if self._pending:
             running = self._pending.popleft()
             if not running.abandoned and not running.future.done():
@@ -158,13 +198,10 @@ class ProcessRunner:
                                protocol=pickle.HIGHEST_PROTOCOL)
         call = _Call(HEADER.pack(len(payload)) + payload, loop.create_future())
         self._pending.append(call)
-        process = self._process
-        if process is not None and process.stdin is not None:
-            process.stdin.write(call.frame)
+        if self._pipe is not None:
+            self._pipe.write(call.frame)
         # else: the worker is (re)starting, and _spawn sends every pending call
         self.calls += 1
-        if len(call.frame) > 1 << 20 and process is not None and process.stdin is not None:
-            await process.stdin.drain()
         try:
             if deadline is None:
                 reply = await call.future
@@ -172,8 +209,9 @@ class ProcessRunner:
                 reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
         except TimeoutError:
             call.abandoned = True
-            if self._pending and self._pending[0] is call and self._process is not None:
-                self._process.kill()  # it is running: stop it; the reader restarts the worker
+            pipe = self._pipe
+            if self._pending and self._pending[0] is call and pipe is not None and pipe.transport is not None:
+                pipe.transport.kill()  # it is running: stop it; _on_lost starts a new worker
             raise Timeout("inference did not finish within the request's deadline; the call was stopped and "
                           "will not be retried") from None
         kind = reply[0]
@@ -188,19 +226,18 @@ class ProcessRunner:
 
     async def close(self, grace: float = 5.0) -> None:
         self._closing = True
-        process = self._process
-        self._process = None
-        if process is None or process.returncode is not None:
+        pipe = self._pipe
+        if pipe is None or pipe.transport is None or pipe.transport.is_closing():
             return
-        assert process.stdin is not None
-        process.stdin.close()
+        self._closed = asyncio.Event()
+        stdin = pipe.transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()  # the worker reads EOF and exits
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            await asyncio.wait_for(self._closed.wait(), grace)
         except TimeoutError:
-            process.kill()
-            await process.wait()
-        if self._reader is not None:
-            await self._reader
+            pipe.transport.kill()
+            await self._closed.wait()
 
 
 def _log_failure(task: asyncio.Future[FunctionSpec]) -> None:
