@@ -76,3 +76,19 @@ def test_playground_shows_the_service_error_for_a_bad_value(browser: Browser, tr
         assert "outside the declared range [0, 100]" in (error.text_content() or "")
         page.screenshot(path=str(ARTIFACTS / "playground-error.png"), full_page=True)
         page.close()
+
+
+def test_playground_asks_for_the_token_when_the_service_needs_one(browser: Browser, trained: Path) -> None:
+    with serve(ROOT / "examples/iris/mlcomponent.yaml", "--auth-token-env", "PLAYGROUND_TOKEN",
+               data_root=trained / "data", env={"PLAYGROUND_TOKEN": "open-sesame"}) as server:
+        wait_ready(server)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#token")
+        page.fill("#token", "open-sesame")
+        page.click("text=Use token")
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("#run")
+        page.locator("[data-name=label] .value").wait_for()
+        assert page.locator("[data-name=label] .value").text_content() == "setosa"
+        page.close()
