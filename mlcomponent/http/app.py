@@ -23,7 +23,6 @@ from mlcomponent import __version__
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
 from mlcomponent.http.asgi import Gateway
-from mlcomponent.http.body import read_body
 from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.metrics import CONTENT_TYPE, Metrics
 from mlcomponent.http.multipart import is_multipart, read_multipart
@@ -48,15 +47,6 @@ def error_response(error: MLComponentError) -> Response:
     if isinstance(error, NotReady) and error.retry_after is not None:
         headers = {"Retry-After": str(error.retry_after)}
     return json_response({"error": error.message}, error.status, headers)
-
-
-def _parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise BadRequest("the request body is empty; send a JSON object with `inputs`")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
 
 
 def create_app(service: Service) -> Gateway:
@@ -84,8 +74,11 @@ def create_app(service: Service) -> Gateway:
         plane.check_model(request.path_params["name"])
         return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
 
-    async def infer(request: Request) -> Response:
-        arrived = request.scope.get("mlcomponent.arrived")
+    async def infer_multipart(request: Request) -> Response:
+        """Multipart infer (JSON and binary bodies take the gateway's fast path)."""
+        if not is_multipart(request):
+            raise BadRequest("send the request as JSON, binary (Inference-Header-Content-Length), "
+                             "or multipart/form-data")
         plane.check_model(request.path_params["name"])
         plane.admit()
 
@@ -94,13 +87,8 @@ def create_app(service: Service) -> Gateway:
 
         files = plane.request_files(url_for)
         try:
-            if is_multipart(request):
-                body = await read_multipart(request, files, options.max_json_body, options.max_upload)
-            else:
-                raw = await read_body(request, options.max_json_body)
-                header = request.headers.get(binary.HEADER)
-                body = binary.decode(raw, header) if header is not None else _parse_json(raw)
-            result, call = await plane.infer(body, files, arrived=arrived)
+            body = await read_multipart(request, files, options.max_json_body, options.max_upload)
+            result, call = await plane.infer(body, files, arrived=request.scope.get("mlcomponent.arrived"))
         finally:
             files.cleanup()
         if call.binary_outputs or call.binary_all:
@@ -162,8 +150,8 @@ def create_app(service: Service) -> Gateway:
         Route(version, metadata),
         Route(model + "/ready", model_ready),
         Route(version + "/ready", model_ready),
-        Route(model + "/infer", infer, methods=["POST"]),
-        Route(version + "/infer", infer, methods=["POST"]),
+        Route(model + "/infer", infer_multipart, methods=["POST"]),
+        Route(version + "/infer", infer_multipart, methods=["POST"]),
         Route(model + "/files/{key:path}", download, name="file"),
         Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
         Route("/metrics", prometheus),
