@@ -6,8 +6,6 @@ an upload only becomes visible when complete, so readers never see half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,8 +94,3 @@ class S3Box:
     def local_folder(self, prefix: str) -> Path | None:
         return None
 
-
-def temporary_sibling(path: Path) -> Path:
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".sync-")
-    os.close(handle)
-    return Path(name)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from mlcomponent.boxes.base import Box
-from mlcomponent.boxes.s3 import temporary_sibling
 
 STATE_FILE = ".mlcomponent-sync.json"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden file beside ``path``: written whole, then renamed into place."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".sync-")
+    os.close(handle)
+    return Path(name)
 Progress = Callable[[str, int], None]
 
 
