@@ -52,6 +52,14 @@ def test_playground_predicts_the_digit_from_an_uploaded_png(browser: Browser, tr
         assert label.text_content() == "7"
         assert page.locator("[data-output=probabilities] td").count() == 10
         assert "200 ·" in (page.locator("#latency").text_content() or "")
+        assert page.locator("[data-name=preview]").count() == 0  # optional: only when asked for
+        page.check("#want-preview")
+        page.click("#run")
+        preview = page.locator("[data-name=preview] img")
+        preview.wait_for()
+        page.wait_for_function("document.querySelector('[data-name=preview] img').naturalWidth > 0")
+        assert preview.evaluate("img => img.naturalWidth") == 128
+        assert page.locator("[data-name=preview] a").get_attribute("download") == "preview.png"
         page.screenshot(path=str(ARTIFACTS / "playground-digits.png"), full_page=True)
         page.close()
 

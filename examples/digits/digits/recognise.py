@@ -31,6 +31,8 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     Outputs:
         label (INT32, shape=[1]): the digit, 0 to 9.
         probabilities (FP32, shape=[10]): the probability of each digit 0..9.
+        preview (FILE, shape=[1], content_type=image/png, optional): what the model saw:
+            the image scaled to 8x8, shown large.
 
     Example:
         inputs:
@@ -39,13 +41,20 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     if model is None:
         model = joblib.load(model_key)
     image = next(i for i in inputs if i["name"] == "image")
-    probabilities = model.predict_proba(to_features(image["data"]))[0]
+    features = to_features(image["data"])
+    probabilities = model.predict_proba(features)[0]
     results = {
         "label": ("INT32", [int(probabilities.argmax())], [1]),
         "probabilities": ("FP32", probabilities.astype(np.float32).tolist(), [10]),
     }
     outputs = []
-    for field in output_fields or [{"name": name} for name in results]:
+    for field in output_fields:
+        if field["name"] == "preview":
+            pixels = (255 - features.reshape(8, 8) / 16.0 * 255).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").resize((128, 128), Image.Resampling.NEAREST).save(field["data"])
+            outputs.append({"name": "preview", "datatype": "FILE", "data": field["data"], "shape": [1],
+                            "content_type": "image/png"})
+            continue
         datatype, data, shape = results[field["name"]]
         outputs.append({"name": field["name"], "datatype": datatype, "data": data, "shape": shape})
     return outputs, model
