@@ -92,11 +92,12 @@ def test_a_worker_that_exits_fails_only_its_request(isolated: tuple[Server, Path
     assert restarts and float(restarts[0].split()[1]) >= 1
 
 
-def test_a_segfault_is_a_500_and_the_worker_comes_back(isolated: tuple[Server, Path]) -> None:
+@pytest.mark.parametrize(("do", "signal_name"), [("segfault", "SIGSEGV"), ("oom", "SIGKILL")])
+def test_a_killed_worker_is_a_500_and_comes_back(isolated: tuple[Server, Path], do: str, signal_name: str) -> None:
     server, _ = isolated
-    response = call(server, "segfault")
+    response = call(server, do)
     assert response.status_code == 500
-    assert "killed by SIGSEGV" in response.json()["error"]
+    assert f"killed by {signal_name}" in response.json()["error"]
     assert call(server).status_code == 200
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
 
