@@ -119,6 +119,13 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+@contextmanager
+def serve_fixture(folder: Path, function: str, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A fixture entry point (tests/fixtures/entrypoints) served from ``folder``."""
+    with serve(write_manifest(folder, function), *args, data_root=folder / "data", env=env) as server:
+        yield server
+
+
 def wait_ready(server: Server, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:

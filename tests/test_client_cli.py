@@ -24,20 +24,18 @@ from mlcomponent.client import (
     NotReadyError,
     ServiceUnavailable,
 )
-from tests.support import Server, free_port, run_cli, serve, wait_ready, write_manifest
+from tests.support import Server, free_port, run_cli, serve, serve_fixture, wait_ready, write_manifest
 
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("client-echo")
-    with serve(write_manifest(folder, "echo.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("client-echo"), "echo.inference") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("client-files")
-    with serve(write_manifest(folder, "files_echo.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("client-files"), "files_echo.inference") as server:
         yield server
 
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import S3Endpoint
-from tests.support import ROOT, Server, serve, wait_ready, write_manifest
+from tests.support import ROOT, Server, serve, serve_fixture, wait_ready, write_manifest
 
 DIGITS = ROOT / "examples" / "digits"
 IRIS = ROOT / "examples" / "iris"
@@ -49,8 +49,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("files-local")
-    with serve(write_manifest(folder, "files_echo.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("files-local"), "files_echo.inference") as server:
         yield server
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Server, serve, write_manifest
+from tests.support import Server, serve_fixture
 
 SCALARS = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | \
     st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
@@ -26,15 +26,13 @@ BODY: Any = st.one_of(JSON, st.fixed_dictionaries({"inputs": st.lists(TENSOR, ma
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    with serve(write_manifest(folder, "echo.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("fuzz"), "echo.inference") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("fuzz-spec")
-    with serve(write_manifest(folder, "spec_full.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("fuzz-spec"), "spec_full.inference") as server:
         yield server
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Server, serve, write_manifest
+from tests.support import Server, serve, serve_fixture, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -134,8 +134,7 @@ def test_unknown_model_is_404(echo: Server) -> None:
 
 @pytest.fixture(scope="module")
 def raises(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("raises")
-    with serve(write_manifest(folder, "raises.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("raises"), "raises.inference") as server:
         yield server
 
 
@@ -150,8 +149,7 @@ def test_a_function_that_raises_is_a_500_with_its_message(raises: Server) -> Non
 
 @pytest.fixture(scope="module")
 def malformed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("malformed")
-    with serve(write_manifest(folder, "malformed.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("malformed"), "malformed.inference") as server:
         yield server
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, serve, write_manifest
+from tests.support import Server, serve, serve_fixture, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 MB = 1024 * 1024
@@ -124,8 +124,7 @@ def test_full_queue_is_503_with_retry_after(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("binary")
-    with serve(write_manifest(folder, "echo.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("binary"), "echo.inference") as server:
         yield server
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, run_cli, serve, wait_ready, write_manifest
+from tests.support import Server, run_cli, serve, serve_fixture, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 
@@ -21,8 +21,7 @@ def x_input(data: object = None, shape: list[int] | None = None, datatype: str =
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("spec-full")
-    with serve(write_manifest(folder, "spec_full.inference"), data_root=folder / "data") as server:
+    with serve_fixture(tmp_path_factory.mktemp("spec-full"), "spec_full.inference") as server:
         yield server
 
 
