@@ -75,11 +75,12 @@ class DataPlane:
                                  f"{self.limits.max_elements} per input (--max-elements)")
         return call
 
-    async def infer(self, body: Any, files: RequestFiles, warmup: bool = False,
+    async def infer(self, body: Any, files: RequestFiles,
                     arrived: float | None = None) -> tuple[dict[str, Any], InferenceCall]:
-        """The response body, and the decoded call (which says how the client wants it encoded)."""
-        if not warmup:
-            self.admit()
+        """The response body, and the decoded call (which says how the client wants it encoded).
+
+        Transports call ``admit`` first, before reading the body; the warm-up does not.
+        """
         call = self.decode(body)
         loop = asyncio.get_running_loop()
         timeout = min((t for t in (self.limits.timeout, call.timeout) if t is not None), default=None)

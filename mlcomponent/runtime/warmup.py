@@ -44,7 +44,7 @@ async def warm_up(dataplane: DataPlane) -> None:
             shutil.copyfile(source, target)
             files.uploaded[name] = (target, dataplane.spec.inputs_by_name[name].content_type)
         started = time.perf_counter()
-        await dataplane.infer(body, files, warmup=True)
+        await dataplane.infer(body, files)
         dataplane.observe("model_load_seconds", time.perf_counter() - started)
     finally:
         files.cleanup()
