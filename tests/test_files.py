@@ -117,29 +117,21 @@ def test_keys_are_confined_to_the_box(local_files: Server, key: str, needle: str
     assert needle in response.json()["error"]
 
 
-def test_output_path_outside_the_request_folder_is_refused(local_files: Server) -> None:
+@pytest.mark.parametrize(("mode", "needle"), [
+    ("escape", "'/etc/hostname' is outside the request folder"),  # a returned path outside the folder
+    ("raise", "failed after writing the output"),                  # the function wrote, then raised
+])
+def test_a_refused_or_failed_output_leaves_no_files_and_no_output_objects(local_files: Server, mode: str,
+                                                                          needle: str) -> None:
     box = users_box(local_files)
     (box / "inbox").mkdir(parents=True, exist_ok=True)
-    (box / "inbox" / "a.txt").write_bytes(b"a")
+    (box / "inbox" / f"{mode}.txt").write_bytes(mode.encode())
     before = sorted(p for p in box.rglob("*") if "outputs" in p.parts)
     with local_files.client() as client:
-        response = client.post(INFER, json={"inputs": [file_input("inbox/a.txt")], "outputs": [COPY],
-                                            "parameters": {"mode": "escape"}})
+        response = client.post(INFER, json={"inputs": [file_input(f"inbox/{mode}.txt")], "outputs": [COPY],
+                                            "parameters": {"mode": mode}})
     assert response.status_code == 500
-    assert "'/etc/hostname' is outside the request folder" in response.json()["error"]
-    assert sorted(p for p in box.rglob("*") if "outputs" in p.parts) == before
-    assert list(files_root(local_files).iterdir()) == []
-
-
-def test_a_function_that_raises_leaves_no_files_and_no_output_objects(local_files: Server) -> None:
-    box = users_box(local_files)
-    (box / "inbox").mkdir(parents=True, exist_ok=True)
-    (box / "inbox" / "b.txt").write_bytes(b"b")
-    before = sorted(p for p in box.rglob("*") if "outputs" in p.parts)
-    with local_files.client() as client:
-        response = client.post(INFER, json={"inputs": [file_input("inbox/b.txt")], "outputs": [COPY],
-                                            "parameters": {"mode": "raise"}})
-    assert response.status_code == 500 and "failed after writing the output" in response.json()["error"]
+    assert needle in response.json()["error"]
     assert sorted(p for p in box.rglob("*") if "outputs" in p.parts) == before
     assert list(files_root(local_files).iterdir()) == []
 

@@ -21,14 +21,13 @@ from starlette.routing import Route
 
 from mlcomponent import __version__
 from mlcomponent.boxes.base import check_key
-from mlcomponent.errors import BadRequest, MLComponentError, NotFound, NotReady
-from mlcomponent.http.asgi import Gateway
+from mlcomponent.errors import BadRequest, MLComponentError, NotFound
+from mlcomponent.http.asgi import Gateway, error_payload, result_payload
 from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.metrics import CONTENT_TYPE, Metrics
 from mlcomponent.http.multipart import is_multipart, read_multipart
 from mlcomponent.http.openapi import openapi_document
 from mlcomponent.http.server import on_terminate
-from mlcomponent.protocol import binary
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.files import KEY_ROOT
 from mlcomponent.runtime.service import Service
@@ -42,20 +41,21 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status, headers, media_type=JSON)
 
 
+def _response(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> Response:
+    response = Response(body, status)
+    response.raw_headers = [(b"content-length", b"%d" % len(body)), *headers]
+    return response
+
+
 def error_response(error: MLComponentError) -> Response:
-    headers = None
-    if isinstance(error, NotReady) and error.retry_after is not None:
-        headers = {"Retry-After": str(error.retry_after)}
-    return json_response({"error": error.message}, error.status, headers)
+    return _response(*error_payload(error))
 
 
 def create_app(service: Service) -> Gateway:
     plane: DataPlane = service.dataplane
     options = service.settings.options
     metrics = Metrics()
-    plane.observe = metrics.event
-    if hasattr(service.runner, "on_event"):
-        service.runner.on_event = metrics.event
+    plane.observe = metrics.event  # the runner reports through the data plane too
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -91,13 +91,7 @@ def create_app(service: Service) -> Gateway:
             result, call = await plane.infer(body, files, arrived=request.scope.get("mlcomponent.arrived"))
         finally:
             files.cleanup()
-        if call.binary_outputs or call.binary_all:
-            encoded = binary.encode(result, call.binary_outputs, call.binary_all)
-            if encoded is not None:
-                parts, length = encoded
-                return Response(b"".join(parts), media_type="application/octet-stream",
-                                headers={"Inference-Header-Content-Length": str(length)})
-        return json_response(result)
+        return _response(200, *result_payload(result, call))
 
     async def download(request: Request) -> Response:
         plane.check_model(request.path_params["name"])

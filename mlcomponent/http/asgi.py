@@ -22,6 +22,7 @@ from mlcomponent.errors import BadRequest, MLComponentError, NotReady, PayloadTo
 from mlcomponent.http.metrics import Metrics, endpoint_of
 from mlcomponent.logs import request_id
 from mlcomponent.protocol import binary
+from mlcomponent.protocol.request import InferenceCall
 from mlcomponent.runtime.dataplane import DataPlane
 
 log = logging.getLogger("mlcomponent.http")
@@ -29,6 +30,30 @@ OPEN_PREFIXES = ("/v2/health/", "/metrics")
 UNAUTHORIZED = b'{"error":"this endpoint needs `Authorization: Bearer <token>`; the token was missing or wrong"}'
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-".encode()
+
+
+def error_payload(error: MLComponentError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, ``{"error": ...}`` body and headers (Retry-After on 503) for any of our errors."""
+    headers = list(JSON_HEADERS)
+    if isinstance(error, NotReady) and error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    return error.status, orjson.dumps({"error": error.message}), headers
+
+
+def result_payload(result: dict[str, Any], call: InferenceCall) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and headers: JSON, or JSON + binary tensors when the client asked for them."""
+    if call.binary_outputs or call.binary_all:
+        encoded = binary.encode(result, call.binary_outputs, call.binary_all)
+        if encoded is not None:
+            parts, length = encoded
+            return b"".join(parts), [(b"content-type", b"application/octet-stream"),
+                                     (b"inference-header-content-length", b"%d" % length)]
+    return orjson.dumps(result), list(JSON_HEADERS)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is over the {limit} byte limit (--max-json-body); "
+                           "send large tensors in binary or files as multipart")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -119,10 +144,7 @@ class Gateway:
         except MLComponentError as error:
             if error.status >= 500:
                 log.error("POST %s -> %s: %s", scope["path"], error.status, error.message)
-            headers = list(JSON_HEADERS)
-            if isinstance(error, NotReady) and error.retry_after is not None:
-                headers.append((b"retry-after", str(error.retry_after).encode()))
-            await _respond(send, error.status, orjson.dumps({"error": error.message}), headers)
+            await _respond(send, *error_payload(error))
             return
         except Exception as error:  # noqa: BLE001 - the service never dies on a request
             log.exception("unexpected error on POST %s", scope["path"])
@@ -132,21 +154,13 @@ class Gateway:
         finally:
             if files is not None:
                 files.cleanup()
-        if call.binary_outputs or call.binary_all:
-            encoded = binary.encode(result, call.binary_outputs, call.binary_all)
-            if encoded is not None:
-                parts, length = encoded
-                await _respond(send, 200, b"".join(parts), [(b"content-type", b"application/octet-stream"),
-                                                            (b"inference-header-content-length", b"%d" % length)])
-                return
-        await _respond(send, 200, orjson.dumps(result), JSON_HEADERS)
+        await _respond(send, 200, *result_payload(result, call))
 
 
 async def _read(receive: Receive, scope: Scope, limit: int) -> bytes:
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is over the {limit} byte limit (--max-json-body); "
-                              "send large tensors in binary or files as multipart")
+        raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
@@ -158,8 +172,7 @@ async def _read(receive: Receive, scope: Scope, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the {limit} byte limit (--max-json-body); "
-                                  "send large tensors in binary or files as multipart")
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from mlcomponent.errors import BadRequest, SpecViolation
 from mlcomponent.protocol.tensors import (
-    DATATYPES,
     canonical_datatype,
     count_problem,
     flatten_with_kinds,
@@ -19,7 +18,7 @@ from mlcomponent.protocol.tensors import (
     values_problem,
 )
 from mlcomponent.spec.docstring import parameter_value_problem
-from mlcomponent.spec.model import FunctionSpec, TensorSpec
+from mlcomponent.spec.model import DATATYPES, FunctionSpec, TensorSpec
 
 # Request parameters that steer the server and never reach the function.
 RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-DATATYPES = ("FP32", "FP64", "INT32", "str", "FILE")
-ALIASES = {"BYTES": "str"}
+from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES
+
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 FP32_MAX = 3.4028234663852886e38
 
@@ -19,17 +19,13 @@ def canonical_datatype(datatype: Any) -> str | None:
     """Our name for a wire datatype, or None when it is not one we serve."""
     if not isinstance(datatype, str):
         return None
-    datatype = ALIASES.get(datatype, datatype)
+    datatype = DATATYPE_ALIASES.get(datatype, datatype)
     return datatype if datatype in DATATYPES else None
 
 
-def flatten(data: Any) -> list[Any]:
-    """Row-major flattening of nested lists; a flat list is returned as it is (checked at C speed)."""
-    return flatten_with_kinds(data)[0]
-
-
 def flatten_with_kinds(data: Any) -> tuple[list[Any], set[type]]:
-    """The flat list and the set of its elements' types (computed once, reused by the checks)."""
+    """Row-major flattening of nested lists (a flat list is returned as it is, checked at C speed),
+    and the set of its elements' types, computed once and reused by the value checks."""
     if not isinstance(data, list):
         return [data], {type(data)}
     kinds = set(map(type, data))

@@ -108,9 +108,6 @@ class ProcessRunner:
         self.name = name
         self.model_key = model_key
         self.on_event = on_event or (lambda event, value: None)
-        self.spec: FunctionSpec | None = None
-        self.restarts = 0
-        self.calls = 0
         self._pipe: _Pipe | None = None
         self._starting: asyncio.Future[FunctionSpec] | None = None
         self._pending: collections.deque[_Call] = collections.deque()
@@ -151,7 +148,6 @@ class ProcessRunner:
             self._starting = None
             raise EntryPointError(hello[1])
         spec: FunctionSpec = hello[1]
-        self.spec = spec
         self._pipe = pipe
         for call in self._pending:  # calls that had not started when the last worker died
             pipe.write(call.frame)
@@ -183,7 +179,6 @@ class ProcessRunner:
                 running.future.set_exception(WorkerDied(
                     f"the worker process running inference died ({_describe_exit(code)}); it is being "
                     "restarted and the model reloaded"))
-        self.restarts += 1
         self.on_event("worker_restart", 1)
         log.warning("worker for %s %s; starting a new one", self.name, _describe_exit(code))
         self._starting = asyncio.ensure_future(self._spawn())
@@ -201,7 +196,6 @@ class ProcessRunner:
         if self._pipe is not None:
             self._pipe.write(call.frame)
         # else: the worker is (re)starting, and _spawn sends every pending call
-        self.calls += 1
         try:
             if deadline is None:
                 reply = await call.future

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -33,8 +32,6 @@ class Runner(Protocol):
     """What the data plane needs from whatever runs the function."""
 
     model_key: str
-    restarts: int
-    calls: int
 
     @property
     def waiting(self) -> int: ...
@@ -53,10 +50,7 @@ class InProcessRunner:
         self.spec = spec
         self.model_key = model_key
         self.model: Any = None
-        self.calls = 0
-        self.restarts = 0
         self.waiting = 0
-        self.pid = os.getpid()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     async def start(self) -> FunctionSpec:
@@ -71,8 +65,6 @@ class InProcessRunner:
             kind = type(error)
             name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
             raise FunctionFailed(f"inference raised {name}: {error}") from error
-        finally:
-            self.calls += 1
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.routing import BaseRoute
@@ -38,10 +39,11 @@ def load_function_and_spec(settings: Settings) -> tuple[Any, Any]:
     return function, spec
 
 
-def make_runner(settings: Settings, model_key: str) -> Runner:
+def make_runner(settings: Settings, model_key: str,
+                on_event: Callable[[str, float], None] | None = None) -> Runner:
     if settings.options.isolate:
         return ProcessRunner(str(settings.python_path), settings.manifest.inference.entry_point.python_function,
-                             model_key, settings.manifest_env, settings.model_name)
+                             model_key, settings.manifest_env, settings.model_name, on_event)
     function, spec = load_function_and_spec(settings)
     return InProcessRunner(function, spec, model_key)
 
@@ -63,7 +65,8 @@ class Service:
         files_root = settings.files_root()
         files_root.mkdir(parents=True, exist_ok=True)
         options = settings.options
-        self.runner = make_runner(settings, model_key)
+        # worker restarts and start-up times go where the data plane's observations go (metrics)
+        self.runner = make_runner(settings, model_key, lambda name, value: self.dataplane.observe(name, value))
         limits = Limits(timeout=options.timeout, max_queue=options.max_queue, max_inputs=options.max_inputs,
                         max_elements=options.max_elements)
         self.dataplane = DataPlane(settings.model_name, self.runner, file_box(settings), files_root, limits)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from mlcomponent.spec.model import DATATYPES, PARAMETER_TYPES, FunctionSpec, ParameterSpec, TensorSpec
+from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES, PARAMETER_TYPES, FunctionSpec, ParameterSpec, TensorSpec
 
 SECTIONS = {"inputs": "inputs", "outputs": "outputs", "parameters": "parameters", "example": "example"}
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z ]*):\s*$")
@@ -118,8 +118,7 @@ def _attributes(text: str, flags: set[str], keys: set[str], fail: Callable[[str]
 
 def _tensor(name: str, attrs: str, desc: str, line: int, fail: Callable[[str], Exception]) -> TensorSpec:
     datatype, found = _attributes(attrs, TENSOR_FLAGS, TENSOR_KEYS, fail)
-    if datatype == "BYTES":
-        datatype = "str"
+    datatype = DATATYPE_ALIASES.get(datatype, datatype)
     if datatype not in DATATYPES:
         raise fail(f"unknown datatype {datatype!r} for {name!r}; use one of {', '.join(DATATYPES)}")
     shape = found.get("shape", [1] if datatype == "FILE" else [-1])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATATYPES = ("FP32", "FP64", "INT32", "str", "FILE")
+DATATYPE_ALIASES = {"BYTES": "str"}  # what a standard V2 client calls str
 PARAMETER_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
