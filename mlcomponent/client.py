@@ -37,6 +37,8 @@ from typing import IO, Any
 import httpx
 import orjson
 
+from mlcomponent.protocol.plain import as_plain
+
 __all__ = [
     "AsyncClient", "BadRequestError", "Client", "ClientError", "DeadlineExceeded", "FileOutput", "InferenceError",
     "InferenceResult", "NotFoundError", "NotReadyError", "PayloadTooLargeError", "ServiceUnavailable",
@@ -168,11 +170,6 @@ def parse_result(body: dict[str, Any]) -> InferenceResult:
 _DTYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT32", "float16": "FP32"}
 
 
-def _as_list(value: Any) -> Any:
-    tolist = getattr(value, "tolist", None)
-    return tolist() if tolist is not None else value
-
-
 def _guess_datatype(value: Any) -> str:
     dtype = getattr(value, "dtype", None)
     if dtype is not None:
@@ -217,7 +214,7 @@ def build_inputs(values: Mapping[str, Any], metadata: Mapping[str, Any] | None) 
         value = list(value) if isinstance(value, tuple) else value
         datatype = spec.get("datatype") or _guess_datatype(value)
         shape = _shape_of(value, spec.get("shape"))
-        tensors.append({"name": name, "datatype": datatype, "shape": shape, "data": _as_list(value)})
+        tensors.append({"name": name, "datatype": datatype, "shape": shape, "data": as_plain(value)})
     return tensors
 
 
@@ -246,8 +243,25 @@ class _Progress:
             yield chunk
 
 
+def _multipart_parts(stack: ExitStack, files: Mapping[str, str | Path],
+                     progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """One streamed part per FILE input (never read whole into memory)."""
+    parts: dict[str, Any] = {}
+    for name, file_path in files.items():
+        handle: Any = stack.enter_context(Path(file_path).open("rb"))
+        if progress is not None:
+            handle = _Progress(handle, progress)
+        parts[name] = (Path(file_path).name, handle, mimetypes.guess_type(str(file_path))[0]
+                       or "application/octet-stream")
+    return parts
+
+
+def _sent_and_failed(method: str, url: str, error: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"{method} {url} failed after it was sent: {error} (not retried: it may have run)")
+
+
 class _Base:
-    def __init__(self, url: str, model: str | None, token: str | None) -> None:
+    def __init__(self, url: str, model: str | None, token: str | None, retries: int, retry_unsafe: bool) -> None:
         url = url.rstrip("/")
         if "/v2/models/" in url:
             url, _, rest = url.partition("/v2/models/")
@@ -255,7 +269,15 @@ class _Base:
         self.url = url
         self.model = model
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries = retries
+        self.retry_unsafe = retry_unsafe
         self._metadata: dict[str, Any] | None = None
+
+    @property
+    def _attempts(self) -> int:
+        """Connections that failed before sending are retried by the transport; a sent request only
+        with ``retry_unsafe`` (it may have run)."""
+        return 1 + (self.retries if self.retry_unsafe else 0)
 
     def _request_body(self, inputs: Mapping[str, Any] | list[dict[str, Any]] | None, parameters: Mapping[str, Any] | None,
                       outputs: list[str | dict[str, Any]] | None, request_id: str | None, metadata: dict[str, Any] | None,
@@ -287,9 +309,7 @@ class Client(_Base):
 
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
                  token: str | None = None, retry_unsafe: bool = False) -> None:
-        super().__init__(url, model, token)
-        self.retry_unsafe = retry_unsafe
-        self.retries = retries
+        super().__init__(url, model, token, retries, retry_unsafe)
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers,
                                   transport=httpx.HTTPTransport(retries=retries))
 
@@ -303,17 +323,15 @@ class Client(_Base):
         self._http.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempts = 1 + (self.retries if self.retry_unsafe else 0)
-        for attempt in range(attempts):
+        for attempt in range(self._attempts):
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.ConnectError as error:
                 raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
             except httpx.TransportError as error:
-                if attempt + 1 < attempts:
+                if attempt + 1 < self._attempts:
                     continue
-                raise ServiceUnavailable(f"{method} {self.url}{path} failed after it was sent: {error} "
-                                         "(not retried: it may have run)") from None
+                raise _sent_and_failed(method, self.url + path, error) from None
             _raise_for(response)
             return response
         raise AssertionError("unreachable")
@@ -360,13 +378,7 @@ class Client(_Base):
                                   headers={"Content-Type": "application/json"})
             return parse_result(response.json())
         with ExitStack() as stack:
-            parts: dict[str, Any] = {}
-            for name, file_path in files.items():
-                handle: Any = stack.enter_context(Path(file_path).open("rb"))
-                if progress is not None:
-                    handle = _Progress(handle, progress)
-                parts[name] = (Path(file_path).name, handle, mimetypes.guess_type(str(file_path))[0]
-                               or "application/octet-stream")
+            parts = _multipart_parts(stack, files, progress)
             response = self._send("POST", path, data={"request": orjson.dumps(body).decode()}, files=parts)
         return parse_result(response.json())
 
@@ -391,8 +403,8 @@ class AsyncClient(_Base):
     """The asyncio twin of ``Client`` (same arguments, awaitable methods)."""
 
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 token: str | None = None) -> None:
-        super().__init__(url, model, token)
+                 token: str | None = None, retry_unsafe: bool = False) -> None:
+        super().__init__(url, model, token, retries, retry_unsafe)
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=self.headers,
                                        transport=httpx.AsyncHTTPTransport(retries=retries))
 
@@ -406,15 +418,18 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as error:
-            raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
-        except httpx.TransportError as error:
-            raise ServiceUnavailable(f"{method} {self.url}{path} failed after it was sent: {error} "
-                                     "(not retried: it may have run)") from None
-        _raise_for(response)
-        return response
+        for attempt in range(self._attempts):
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as error:
+                raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
+            except httpx.TransportError as error:
+                if attempt + 1 < self._attempts:
+                    continue
+                raise _sent_and_failed(method, self.url + path, error) from None
+            _raise_for(response)
+            return response
+        raise AssertionError("unreachable")
 
     async def _model(self) -> str:
         if self.model is None:
@@ -423,6 +438,12 @@ class AsyncClient(_Base):
                 raise ClientError(f"{self.url} serves {len(index)} models; name one with model=")
             self.model = index[0]["name"]
         return self.model
+
+    async def live(self) -> bool:
+        try:
+            return (await self._http.get("/v2/health/live")).status_code == 200
+        except httpx.TransportError:
+            return False
 
     async def ready(self) -> bool:
         try:
@@ -438,19 +459,21 @@ class AsyncClient(_Base):
     async def infer(self, inputs: Mapping[str, Any] | list[dict[str, Any]] | None = None, *,
                     parameters: Mapping[str, Any] | None = None, files: Mapping[str, str | Path] | None = None,
                     outputs: list[str | dict[str, Any]] | None = None, request_id: str | None = None,
-                    timeout: float | None = None) -> InferenceResult:
+                    timeout: float | None = None, progress: Callable[[int], None] | None = None) -> InferenceResult:
+        """As ``Client.infer``; files are streamed from disk (reads block briefly, in chunks)."""
         body = self._request_body(inputs, parameters, outputs, request_id, await self.metadata(), timeout)
         path = f"/v2/models/{await self._model()}/infer"
         if not files:
             response = await self._send("POST", path, content=orjson.dumps(body),
                                         headers={"Content-Type": "application/json"})
             return parse_result(response.json())
-        parts = {name: (Path(p).name, Path(p).read_bytes(), mimetypes.guess_type(str(p))[0]
-                        or "application/octet-stream") for name, p in files.items()}
-        response = await self._send("POST", path, data={"request": orjson.dumps(body).decode()}, files=parts)
+        with ExitStack() as stack:
+            parts = _multipart_parts(stack, files, progress)
+            response = await self._send("POST", path, data={"request": orjson.dumps(body).decode()}, files=parts)
         return parse_result(response.json())
 
-    async def download(self, output: FileOutput, destination: str | Path) -> Path:
+    async def download(self, output: FileOutput, destination: str | Path,
+                       progress: Callable[[int], None] | None = None) -> Path:
         target, partial = _download_target(output, destination)
         async with self._http.stream("GET", output.url) as response:
             if response.status_code >= 400:
@@ -459,5 +482,7 @@ class AsyncClient(_Base):
             with partial.open("wb") as sink:
                 async for chunk in response.aiter_bytes():
                     sink.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
         partial.replace(target)
         return target

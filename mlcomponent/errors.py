@@ -6,6 +6,7 @@ The hierarchy, so one handler can render every one of them as ``{"error": ...}``
     ├── BadRequest (400)            the client sent something we cannot serve
     │   └── SpecViolation (400)     the request breaks the docstring specification
     ├── NotFound (404)              unknown model, file or route
+    ├── MethodNotAllowed (405)      a route that exists, with another method (Allow says which)
     ├── PayloadTooLarge (413)       a body or upload over its limit
     ├── FunctionFailed (500)        the user's inference function raised
     ├── BadFunctionOutput (500)     the function returned something malformed
@@ -45,6 +46,14 @@ class SpecViolation(BadRequest):
 
 class NotFound(MLComponentError):
     status = 404
+
+
+class MethodNotAllowed(MLComponentError):
+    status = 405
+
+    def __init__(self, message: str, *, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class PayloadTooLarge(MLComponentError):

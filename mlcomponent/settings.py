@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlcomponent.boxes.config import BoxesConfig
 from mlcomponent.manifest import Manifest, load_manifest
 
 OPTIONS_ENV = "MLCOMPONENT_SERVE_OPTIONS"
@@ -83,7 +82,6 @@ class Settings:
     manifest: Manifest
     manifest_path: Path
     data_root: Path
-    boxes: BoxesConfig
     workers: int
     environ: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -97,7 +95,6 @@ class Settings:
             manifest=manifest,
             manifest_path=manifest_path,
             data_root=data_root,
-            boxes=BoxesConfig.load(options.boxes),
             workers=options.workers or default_workers(manifest),
             environ=environ,
         )

@@ -6,8 +6,9 @@ import gc
 import os
 
 from mlcomponent.http.app import create_app
-from mlcomponent.http.asgi import Gateway
+from mlcomponent.http.gateway import Gateway
 from mlcomponent.logs import configure_logging
+from mlcomponent.metrics import Metrics
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import ServeOptions, Settings
 
@@ -16,8 +17,9 @@ def app() -> Gateway:
     options = ServeOptions.from_env(os.environ)
     configure_logging(options.log_format, options.log_level)
     settings = Settings.build(options, os.environ)
-    service = Service(settings, sync_boxes=False)
-    app = create_app(service)
+    metrics = Metrics()
+    service = Service(settings, sync_boxes=False, observer=metrics)
+    app = create_app(service, metrics)
     # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off
     # them, and let it run less often; request objects are freed by reference counting.
     gc.collect()

@@ -8,18 +8,18 @@ whole, never outside the folder), with 413 as soon as a limit is passed.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 
 from mlcomponent.errors import BadRequest, PayloadTooLarge
 from mlcomponent.runtime.files import RequestFiles
 
 
-def is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+def is_multipart(content_type: bytes) -> bool:
+    return content_type.lower().startswith(b"multipart/form-data")
 
 
 class _Reader:
@@ -90,8 +90,9 @@ class _Reader:
             self.sink.close()
 
 
-async def read_multipart(request: Request, files: RequestFiles, max_json: int, max_upload: int) -> dict[str, Any]:
-    _, options = parse_options_header(request.headers["content-type"])
+async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
+                         max_json: int, max_upload: int) -> dict[str, Any]:
+    _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
@@ -101,7 +102,7 @@ async def read_multipart(request: Request, files: RequestFiles, max_json: int, m
         "on_part_data", "on_part_end")}
     parser = MultipartParser(boundary, callbacks)
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             parser.write(chunk)
         parser.finalize()
     except (BadRequest, PayloadTooLarge):

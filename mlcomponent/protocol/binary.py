@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from mlcomponent.errors import BadRequest
@@ -96,14 +97,14 @@ def _encode_tensor(datatype: str, data: list[Any]) -> bytes:
     return b"".join(parts)
 
 
-def encode(body: dict[str, Any], names: set[str], everything: bool) -> tuple[list[bytes], int] | None:
-    """Move the chosen outputs' data to binary; None when nothing is binary."""
+def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[list[bytes], int] | None:
+    """Move the data of the outputs the client wants in binary after the JSON; None when there are none."""
     import orjson
 
     blobs: list[bytes] = []
     for output in body["outputs"]:
         datatype = canonical_datatype(output["datatype"])
-        if datatype == "FILE" or not (everything or output["name"] in names):
+        if datatype == "FILE" or not wants_binary(output["name"]):
             continue
         blob = _encode_tensor(datatype or "", output.pop("data"))
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}

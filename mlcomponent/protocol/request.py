@@ -1,12 +1,12 @@
-"""Decode a V2 inference request into the dicts the user's function receives.
+"""Decode a V2 inference request (already parsed from its encoding) into an ``InferenceRequest``.
 
-This is the hot path: plain dict access, no per-request model classes. Every
-rejection is a ``BadRequest`` whose message names the input, output or parameter.
+This is the hot path: plain dict access and slotted dataclasses, no validation
+framework. Every rejection is a ``BadRequest`` whose message names the input, output
+or parameter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from mlcomponent.errors import BadRequest, SpecViolation
@@ -17,27 +17,12 @@ from mlcomponent.protocol.tensors import (
     shape_problem,
     values_problem,
 )
-from mlcomponent.spec.docstring import parameter_value_problem
+from mlcomponent.protocol.types import InferenceRequest, InputTensor, RequestedOutput
 from mlcomponent.spec.model import DATATYPES, FunctionSpec, TensorSpec
 
 # Request parameters that steer the server and never reach the function.
 RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})
 PRIMITIVES = (str, int, float, bool)
-
-
-@dataclass
-class InferenceCall:
-    """One decoded request: exactly the function's arguments, plus how to answer."""
-
-    id: str | None
-    parameters: list[dict[str, Any]]
-    inputs: list[dict[str, Any]]
-    output_fields: list[dict[str, Any]]
-    timeout: float | None = None
-    binary_outputs: set[str] = field(default_factory=set)
-    binary_all: bool = False
-    speaks_bytes: bool = False
-    file_inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _datatype(raw: Any, where: str) -> str:
@@ -52,7 +37,7 @@ def _content_type(item: dict[str, Any], params: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def decode_input(item: Any, index: int, spec: FunctionSpec) -> dict[str, Any]:
+def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
     if not isinstance(item, dict):
         raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype, data")
     name = item.get("name")
@@ -92,7 +77,7 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> dict[str, Any]:
             raise BadRequest(f"{where}: {problem}")
     if declared is not None:
         _check_declared(declared, datatype, shape, content_type, data, where)
-    return {"name": name, "datatype": datatype, "content_type": content_type, "data": data, "shape": shape}
+    return InputTensor(name, datatype, shape, data, content_type)
 
 
 def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], content_type: str | None,
@@ -119,14 +104,14 @@ def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], conte
                 raise SpecViolation(f"{where}: element {index} = {value!r} is not one of {list(declared.values)}")
 
 
-def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The function's ``[{"name", "value"}]`` list (defaults filled) and the reserved ones."""
+def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The function's parameters (defaults filled) and the reserved ones."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise BadRequest("`parameters` must be an object mapping names to primitive values")
     reserved = {k: raw[k] for k in RESERVED_PARAMETERS if k in raw}
-    result: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
     for name, value in raw.items():
         if name in RESERVED_PARAMETERS:
             continue
@@ -138,25 +123,24 @@ def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]
             if not isinstance(value, PRIMITIVES) and value is not None:
                 raise BadRequest(f"parameter {name!r} must be a primitive value (string, number, boolean)")
         else:
-            problem = parameter_value_problem(declared, value)
+            problem = declared.value_problem(value)
             if problem:
                 raise SpecViolation(f"parameter {name!r}: {problem}")
-        result.append({"name": name, "value": value})
+        result[name] = value
     for declared in spec.parameters:
         if declared.name in raw:
             continue
         if declared.has_default:
-            result.append({"name": declared.name, "value": declared.default})
+            result[declared.name] = declared.default
         elif declared.required:
             raise SpecViolation(f"parameter {declared.name!r} is required ({declared.type}): {declared.description}")
     return result, reserved
 
 
-def decode_outputs(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]], set[str]]:
-    """``output_fields`` for the function, and the names the client wants in binary."""
-    binary: set[str] = set()
+def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
+    """The outputs the client asks for, or the spec's default outputs."""
     if raw is None:
-        return [_field(t.name, t.datatype, t.content_type, list(t.shape)) for t in spec.default_outputs], binary
+        return [RequestedOutput(t.name, t.datatype, t.content_type, list(t.shape)) for t in spec.default_outputs]
     if not isinstance(raw, list):
         raise BadRequest("`outputs` must be a list of {name, parameters}")
     fields = []
@@ -176,17 +160,12 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> tuple[list[dict[str, Any]], 
             datatype = _datatype(datatype, f"output {name!r}")
         content_type = params.get("content_type", declared.content_type if declared else None)
         shape = params.get("shape", list(declared.shape) if declared else None)
-        if params.get("binary_data"):
-            binary.add(name)
-        fields.append(_field(name, datatype, content_type, shape))
-    return fields, binary
+        binary = params.get("binary_data")
+        fields.append(RequestedOutput(name, datatype, content_type, shape, None if binary is None else bool(binary)))
+    return fields
 
 
-def _field(name: str, datatype: str | None, content_type: str | None, shape: list[int] | None) -> dict[str, Any]:
-    return {"name": name, "datatype": datatype, "content_type": content_type, "data": None, "shape": shape}
-
-
-def decode_request(body: Any, spec: FunctionSpec) -> InferenceCall:
+def decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with `inputs`")
     raw_inputs = body.get("inputs")
@@ -195,27 +174,25 @@ def decode_request(body: Any, spec: FunctionSpec) -> InferenceCall:
     inputs = [decode_input(item, index, spec) for index, item in enumerate(raw_inputs)]
     seen: set[str] = set()
     for item in inputs:
-        if item["name"] in seen:
-            raise BadRequest(f"input {item['name']!r} is given twice")
-        seen.add(item["name"])
+        if item.name in seen:
+            raise BadRequest(f"input {item.name!r} is given twice")
+        seen.add(item.name)
     for declared in spec.inputs:
         if not declared.optional and declared.name not in seen:
             raise SpecViolation(f"input {declared.name!r} is required ({declared.datatype}, shape "
                                 f"{list(declared.shape)}): {declared.description}")
     parameters, reserved = decode_parameters(body.get("parameters"), spec)
-    output_fields, binary = decode_outputs(body.get("outputs"), spec)
+    outputs = decode_outputs(body.get("outputs"), spec)
     request_id = body.get("id")
     timeout = reserved.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise BadRequest(f"parameter 'timeout' must be a positive number of seconds, got {timeout!r}")
-    return InferenceCall(
+    return InferenceRequest(
         id=str(request_id) if request_id is not None else None,
-        parameters=parameters,
         inputs=inputs,
-        output_fields=output_fields,
+        parameters=parameters,
+        outputs=outputs,
         timeout=float(timeout) if timeout is not None else None,
-        binary_outputs=binary,
-        binary_all=bool(reserved.get("binary_data_output")),
+        binary_data_output=bool(reserved.get("binary_data_output")),
         speaks_bytes=any(isinstance(i, dict) and i.get("datatype") == "BYTES" for i in raw_inputs),
-        file_inputs=[i for i in inputs if i["datatype"] == "FILE"],
     )

@@ -5,22 +5,23 @@ A malformed output is the function's fault: ``BadFunctionOutput`` (500) naming i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mlcomponent.errors import BadFunctionOutput
-from mlcomponent.protocol.request import InferenceCall
+from mlcomponent.protocol.plain import as_plain
 from mlcomponent.protocol.tensors import (
-    as_plain,
     canonical_datatype,
     count_problem,
     flatten_with_kinds,
     shape_problem,
     values_problem,
 )
+from mlcomponent.protocol.types import InferenceRequest, InferenceResponse, OutputTensor, RequestedOutput
 from mlcomponent.spec.model import FunctionSpec
 
 
-def check_outputs(returned: Any, call: InferenceCall, spec: FunctionSpec) -> list[dict[str, Any]]:
+def check_outputs(returned: Any, request: InferenceRequest, spec: FunctionSpec) -> list[OutputTensor]:
     """Normalise the function's outputs (flat data, plain values) in the requested order."""
     if not isinstance(returned, (list, tuple)):
         raise BadFunctionOutput(f"inference returned outputs of type {type(returned).__name__}; "
@@ -31,7 +32,7 @@ def check_outputs(returned: Any, call: InferenceCall, spec: FunctionSpec) -> lis
             raise BadFunctionOutput(f"inference returned outputs[{index}] = {item!r:.80}; each output must "
                                     "be a dict with a string `name`")
         by_name[item["name"]] = item
-    requested = {f["name"]: f for f in call.output_fields}
+    requested = {output.name: output for output in request.outputs}
     names = list(requested) if requested else list(by_name)
     outputs = []
     for name in names:
@@ -43,10 +44,10 @@ def check_outputs(returned: Any, call: InferenceCall, spec: FunctionSpec) -> lis
     return outputs
 
 
-def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: FunctionSpec) -> dict[str, Any]:
+def _check_one(item: dict[str, Any], requested: RequestedOutput | None, spec: FunctionSpec) -> OutputTensor:
     name = item["name"]
     where = f"inference output {name!r}"
-    raw_type = item.get("datatype") or (requested or {}).get("datatype")
+    raw_type = item.get("datatype") or (requested.datatype if requested else None)
     datatype = canonical_datatype(raw_type)
     if datatype is None:
         raise BadFunctionOutput(f"{where}: datatype {raw_type!r} is not one of FP32, FP64, INT32, str, FILE")
@@ -75,26 +76,34 @@ def _check_one(item: dict[str, Any], requested: dict[str, Any] | None, spec: Fun
             raise BadFunctionOutput(f"{where}: {problem}")
     if declared is not None and not declared.shape_matches(shape):
         raise BadFunctionOutput(f"{where}: shape {shape} does not match the declared {list(declared.shape)}")
-    content_type = item.get("content_type") or (requested or {}).get("content_type")
-    return {"name": name, "datatype": datatype, "shape": shape, "data": data, "content_type": content_type}
+    content_type = item.get("content_type") or (requested.content_type if requested else None)
+    return OutputTensor(name, datatype, shape, data, content_type)
 
 
-def encode_response(model_name: str, call: InferenceCall, outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The V2 response body (before any binary extension is applied)."""
+def encode_response(response: InferenceResponse, file_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The V2 response body as JSON values (before any binary extension is applied).
+
+    ``file_url`` turns a FILE output's key into the transport's download URL.
+    """
+    request = response.request
     encoded = []
-    for output in outputs:
-        datatype = output["datatype"]
-        if datatype == "str" and call.speaks_bytes:
+    for output in response.outputs:
+        datatype = output.datatype
+        if datatype == "str" and request.speaks_bytes:
             datatype = "BYTES"
-        entry: dict[str, Any] = {"name": output["name"], "datatype": datatype, "shape": output["shape"],
-                                 "data": output["data"]}
-        params = output.get("parameters")
-        if output.get("content_type"):
-            params = {**(params or {}), "content_type": output["content_type"]}
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": output.shape,
+                                 "data": output.data}
+        params: dict[str, Any] = {}
+        if datatype == "FILE" and file_url is not None:
+            params["url"] = file_url(output.data[0])
+        if output.content_type:
+            params["content_type"] = output.content_type
         if params:
             entry["parameters"] = params
         encoded.append(entry)
-    body: dict[str, Any] = {"model_name": model_name, "outputs": encoded}
-    if call.id is not None:
-        body["id"] = call.id
+    body: dict[str, Any] = {"model_name": response.model_name, "outputs": encoded}
+    if request.id is not None:
+        body["id"] = request.id
+    if response.uploaded_files:
+        body["parameters"] = {"uploaded_files": response.uploaded_files}
     return body

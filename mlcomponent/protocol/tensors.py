@@ -119,11 +119,3 @@ def _first_problem(datatype: str, data: list[Any], allow_nan: bool) -> str | Non
                 return f"element {index} is {value!r}; {datatype} values must be finite"
             return f"element {index} = {value} overflows {datatype}"
     return None
-
-
-def as_plain(data: Any) -> Any:
-    """Turn numpy arrays and scalars (anything with ``tolist``) into plain Python values."""
-    tolist = getattr(data, "tolist", None)
-    if tolist is not None and not isinstance(data, (list, str, bytes)):
-        return tolist()
-    return data

@@ -1,28 +1,29 @@
-"""The data plane: one inference request from decoded body to response body.
+"""The data plane: one inference request from decoded body to checked response.
 
-Transport-free (no HTTP here), so the flow reads top to bottom:
-decode + validate → stage files → call the function → check outputs → publish files → encode.
+Transport-free (no HTTP or gRPC here), so the flow reads top to bottom:
+decode + validate → stage files → call the function → check outputs → publish files.
+Each transport parses its own encoding into the V2 body, calls ``admit`` before it
+reads the body, then ``infer``, and encodes the ``InferenceResponse`` its own way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlcomponent.boxes.base import Box
 from mlcomponent.errors import BadRequest, NotFound, NotReady
-from mlcomponent.protocol.request import InferenceCall, decode_request
-from mlcomponent.protocol.response import check_outputs, encode_response
+from mlcomponent.protocol.request import decode_request
+from mlcomponent.protocol.response import check_outputs
+from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
+from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.files import RequestFiles
-from mlcomponent.runtime.runner import Health, Runner
+from mlcomponent.runtime.health import Health
+from mlcomponent.runtime.runner import Runner
 from mlcomponent.spec.model import UNDECLARED, FunctionSpec
-
-log = logging.getLogger("mlcomponent.dataplane")
 
 
 @dataclass(frozen=True)
@@ -35,27 +36,30 @@ class Limits:
 
 class DataPlane:
     def __init__(self, model_name: str, runner: Runner, file_box: Box, files_root: Path,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, observer: Observer | None = None) -> None:
         self.model_name = model_name
         self.runner = runner
         self.spec: FunctionSpec = UNDECLARED
         self.file_box = file_box
         self.files_root = files_root
         self.limits = limits or Limits()
+        self.observer = observer or Observer()
         self.health = Health.STARTING
-        self.in_flight = 0
-        self.observe: Callable[[str, float], None] = lambda name, value: None
 
     @property
     def ready(self) -> bool:
         return self.health is Health.READY
 
+    @property
+    def queued(self) -> int:
+        return self.runner.waiting
+
     def check_model(self, name: str) -> None:
         if name != self.model_name:
             raise NotFound(f"unknown model {name!r}; this service serves {self.model_name!r}")
 
-    def request_files(self, url_for: Callable[[str], str]) -> RequestFiles:
-        return RequestFiles(self.files_root, self.file_box, self.model_name, url_for)
+    def request_files(self, *, keep_uploads: bool = True) -> RequestFiles:
+        return RequestFiles(self.files_root, self.file_box, self.model_name, keep_uploads=keep_uploads)
 
     def admit(self) -> None:
         """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
@@ -65,47 +69,45 @@ class DataPlane:
             raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "
                            f"waiting (--max-queue {self.limits.max_queue}); retry shortly", retry_after=1)
 
-    def decode(self, body: Any) -> InferenceCall:
-        call = decode_request(body, self.spec)
-        if len(call.inputs) > self.limits.max_inputs:
-            raise BadRequest(f"{len(call.inputs)} inputs is over the limit of {self.limits.max_inputs} (--max-inputs)")
-        for item in call.inputs:
-            if item["datatype"] != "FILE" and len(item["data"]) > self.limits.max_elements:
-                raise BadRequest(f"input {item['name']!r} has {len(item['data'])} elements, over the limit of "
+    def decode(self, body: Any) -> InferenceRequest:
+        request = decode_request(body, self.spec)
+        if len(request.inputs) > self.limits.max_inputs:
+            raise BadRequest(f"{len(request.inputs)} inputs is over the limit of {self.limits.max_inputs} "
+                             "(--max-inputs)")
+        for item in request.inputs:
+            if item.datatype != "FILE" and len(item.data) > self.limits.max_elements:
+                raise BadRequest(f"input {item.name!r} has {len(item.data)} elements, over the limit of "
                                  f"{self.limits.max_elements} per input (--max-elements)")
-        return call
+        return request
 
-    async def infer(self, body: Any, files: RequestFiles,
-                    arrived: float | None = None) -> tuple[dict[str, Any], InferenceCall]:
-        """The response body, and the decoded call (which says how the client wants it encoded).
-
-        Transports call ``admit`` first, before reading the body; the warm-up does not.
-        """
-        call = self.decode(body)
-        loop = asyncio.get_running_loop()
-        timeout = min((t for t in (self.limits.timeout, call.timeout) if t is not None), default=None)
+    def deadline(self, request: InferenceRequest, arrived: float | None) -> float | None:
+        """The ``loop.time()`` by which the call must finish: the tighter of --timeout and the request's."""
+        timeout = min((t for t in (self.limits.timeout, request.timeout) if t is not None), default=None)
+        if timeout is None:
+            return None
         elapsed = time.monotonic() - arrived if arrived is not None else 0.0
-        deadline = None if timeout is None else loop.time() + timeout - elapsed
-        if call.file_inputs or any(f["datatype"] == "FILE" for f in call.output_fields):
-            await asyncio.to_thread(self._stage, call, files)
+        return asyncio.get_running_loop().time() + timeout - elapsed
+
+    async def infer(self, body: Any, files: RequestFiles, arrived: float | None = None) -> InferenceResponse:
+        """Decode, call and check one request. ``arrived`` is the ``time.monotonic()`` it came in.
+
+        The caller owns ``files`` and cleans it up, whatever happens.
+        """
+        request = self.decode(body)
+        deadline = self.deadline(request, arrived)
+        staged_inputs = staged_outputs = None
+        if request.has_files:
+            staged_inputs, staged_outputs = await asyncio.to_thread(
+                lambda: (files.stage_inputs(request), files.stage_outputs(request)))
+        parameters, inputs, output_fields = request.function_arguments(staged_inputs, staged_outputs)
         started = time.perf_counter()
         try:
-            returned = await self.runner.call(call.parameters, call.inputs, call.output_fields, deadline)
+            returned = await self.runner.call(parameters, inputs, output_fields, deadline)
         finally:
-            self.observe("inference_seconds", time.perf_counter() - started)
-        outputs = check_outputs(returned, call, self.spec)
-        if any(o["datatype"] == "FILE" for o in outputs):
+            self.observer.inference_finished(time.perf_counter() - started)
+        outputs = check_outputs(returned, request, self.spec)
+        if any(o.datatype == "FILE" for o in outputs):
             await asyncio.to_thread(files.publish, outputs)
-        body = encode_response(self.model_name, call, outputs)
-        if files.upload_keys:
-            body["parameters"] = {"uploaded_files": files.upload_keys}
-        if files.bytes_in:
-            self.observe("file_bytes_in", files.bytes_in)
-        if files.bytes_out:
-            self.observe("file_bytes_out", files.bytes_out)
-        return body, call
-
-    @staticmethod
-    def _stage(call: InferenceCall, files: RequestFiles) -> None:
-        files.prepare_inputs(call.inputs)
-        files.prepare_outputs(call.output_fields)
+        if files.bytes_in or files.bytes_out:
+            self.observer.files_moved(files.bytes_in, files.bytes_out)
+        return InferenceResponse(self.model_name, request, outputs, dict(files.upload_keys))

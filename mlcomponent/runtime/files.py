@@ -12,12 +12,11 @@ import mimetypes
 import posixpath
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mlcomponent.boxes.base import Box, check_key
 from mlcomponent.errors import BadFunctionOutput, BadRequest
+from mlcomponent.protocol.types import InferenceRequest, InputTensor, OutputTensor, StagedFile
 
 KEY_ROOT = "mlcomponent"
 
@@ -38,16 +37,17 @@ def safe_filename(name: str | None, fallback: str) -> str:
 
 
 class RequestFiles:
-    def __init__(self, root: Path, box: Box, model_name: str, url_for: Callable[[str], str]) -> None:
+    """The files of one request. Staging returns where each file is; nothing is changed in place."""
+
+    def __init__(self, root: Path, box: Box, model_name: str, *, keep_uploads: bool = True) -> None:
         self.root = root
         self._id: str | None = None
         self.box = box
         self.model_name = model_name
-        self.url_for = url_for
-        self.uploaded: dict[str, tuple[Path, str | None]] = {}
+        self.uploaded: dict[str, tuple[Path, str | None]] = {}  # multipart parts: input name -> (path, type)
         self.bytes_in = 0
         self.bytes_out = 0
-        self.keep_uploads = True
+        self.keep_uploads = keep_uploads
         self.upload_keys: dict[str, str] = {}
         self._created = False
 
@@ -79,51 +79,53 @@ class RequestFiles:
     def key_prefix(self, kind: str) -> str:
         return f"{KEY_ROOT}/{self.model_name}/{kind}/{self.id}"
 
-    def prepare_inputs(self, inputs: list[dict[str, Any]]) -> None:
+    def stage_inputs(self, request: InferenceRequest) -> dict[str, StagedFile]:
         """Give each FILE input a local path: its uploaded part, or a copy of its key."""
-        for item in inputs:
-            if item["datatype"] != "FILE":
-                continue
-            name = item["name"]
-            if name in self.uploaded:
-                path, part_type = self.uploaded[name]
-                item["content_type"] = item["content_type"] or part_type
-                if self.keep_uploads:
-                    key = f"{self.key_prefix('uploads')}/{safe_filename(name, 'input')}/{path.name}"
-                    self.box.store(path, key, item["content_type"])
-                    self.upload_keys[name] = key
-                item["data"] = str(path)
-                continue
-            if item["data"] is None:
-                raise BadRequest(f"input {name!r}: FILE data is missing; give a key in the file box, "
-                                 "or send the file as a multipart part named after the input")
-            key = check_key(item["data"], f"input {name!r}: key")
-            folder = self.ensure_folder() / "in" / safe_filename(name, "input")
-            folder.mkdir(parents=True, exist_ok=True)
-            destination = folder / safe_filename(posixpath.basename(key), "input")
-            self.bytes_in += self.box.fetch(key, destination)
-            item["data"] = str(destination)
+        return {item.name: self._stage_input(item) for item in request.inputs if item.datatype == "FILE"}
 
-    def prepare_outputs(self, output_fields: list[dict[str, Any]]) -> None:
-        for item in output_fields:
-            if item["datatype"] == "FILE":
+    def _stage_input(self, item: InputTensor) -> StagedFile:
+        name = item.name
+        if name in self.uploaded:
+            path, part_type = self.uploaded[name]
+            content_type = item.content_type or part_type
+            if self.keep_uploads:
+                key = f"{self.key_prefix('uploads')}/{safe_filename(name, 'input')}/{path.name}"
+                self.box.store(path, key, content_type)
+                self.upload_keys[name] = key
+            return StagedFile(str(path), content_type)
+        if item.data is None:
+            raise BadRequest(f"input {name!r}: FILE data is missing; give a key in the file box, "
+                             "or send the file as a multipart part named after the input")
+        key = check_key(item.data, f"input {name!r}: key")
+        folder = self.ensure_folder() / "in" / safe_filename(name, "input")
+        folder.mkdir(parents=True, exist_ok=True)
+        destination = folder / safe_filename(posixpath.basename(key), "input")
+        self.bytes_in += self.box.fetch(key, destination)
+        return StagedFile(str(destination), item.content_type)
+
+    def stage_outputs(self, request: InferenceRequest) -> dict[str, StagedFile]:
+        """A fresh path in the request folder for each FILE output the function is to write."""
+        staged = {}
+        for item in request.outputs:
+            if item.datatype == "FILE":
                 folder = self.ensure_folder() / "out"
                 folder.mkdir(exist_ok=True)
-                item["data"] = str(folder / (safe_filename(item["name"], "output") + extension_for(item["content_type"])))
+                path = folder / (safe_filename(item.name, "output") + extension_for(item.content_type))
+                staged[item.name] = StagedFile(str(path), item.content_type)
+        return staged
 
-    def publish(self, outputs: list[dict[str, Any]]) -> None:
-        """Upload each FILE output the function wrote; answer with its key and download URL."""
+    def publish(self, outputs: list[OutputTensor]) -> None:
+        """Upload each FILE output the function wrote; its data becomes ``[key]``."""
         for item in outputs:
-            if item["datatype"] != "FILE":
+            if item.datatype != "FILE":
                 continue
-            path = self._confined(item["data"], item["name"])
-            suffix = path.suffix or extension_for(item["content_type"])
-            key = f"{self.key_prefix('outputs')}/{safe_filename(item['name'], 'output')}{suffix}"
-            content_type = item["content_type"] or mimetypes.guess_type(path.name)[0]
+            path = self._confined(item.data, item.name)
+            suffix = path.suffix or extension_for(item.content_type)
+            key = f"{self.key_prefix('outputs')}/{safe_filename(item.name, 'output')}{suffix}"
+            content_type = item.content_type or mimetypes.guess_type(path.name)[0]
             self.bytes_out += self.box.store(path, key, content_type)
-            item["data"] = [key]
-            item["content_type"] = content_type
-            item["parameters"] = {"url": self.url_for(key)}
+            item.data = [key]
+            item.content_type = content_type
 
     def _confined(self, returned: str, name: str) -> Path:
         if not self._created:

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlcomponent.errors import BadFunctionOutput, EntryPointError, FunctionFailed, Timeout, WorkerDied
-from mlcomponent.runtime.worker import CONFIG_ENV, HEADER
+from mlcomponent.runtime.events import Observer
+from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame
 from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.worker")
@@ -53,10 +53,14 @@ class _Call:
     started_at: float = field(default_factory=time.monotonic)
 
 
-class _Pipe(asyncio.SubprocessProtocol):
-    """Frames from the worker's stdout, parsed as they arrive: no reader task, no stream awaits."""
+class WorkerProtocol(asyncio.SubprocessProtocol):
+    """The parent's end of the worker protocol: frames parsed as they arrive, no reader task.
 
-    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[_Pipe], None]) -> None:
+    A reply that cannot be unpickled here (say, an object of a class only the worker
+    can import) becomes a ``bad_return`` for that call alone; the pipe goes on.
+    """
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[WorkerProtocol], None]) -> None:
         self.on_message = on_message
         self.on_lost = on_lost
         self.buffer = bytearray()
@@ -74,7 +78,12 @@ class _Pipe(asyncio.SubprocessProtocol):
             end = HEADER.size + size
             if len(buffer) < end:
                 return
-            message = pickle.loads(bytes(buffer[HEADER.size:end]))
+            try:
+                message = pickle.loads(bytes(buffer[HEADER.size:end]))
+            except Exception as error:  # noqa: BLE001 - any unpickling failure is that call's alone
+                message = ("bad_return", "inference returned outputs the service cannot read back "
+                                         f"({type(error).__name__}: {error}); return plain values: numbers, "
+                                         "strings, lists, dicts or numpy arrays")
             del buffer[:end]
             if self.hello.done():
                 self.on_message(message)
@@ -102,13 +111,11 @@ class _Pipe(asyncio.SubprocessProtocol):
 class ProcessRunner:
     """The HTTP process's side of one worker process."""
 
-    def __init__(self, python_path: str, function: str, model_key: str, env: Mapping[str, str],
-                 name: str, on_event: Callable[[str, float], None] | None = None) -> None:
-        self.config = {"python_path": python_path, "function": function, "model_key": model_key, "env": dict(env)}
+    def __init__(self, config: WorkerConfig, name: str, observer: Observer | None = None) -> None:
+        self.config = config
         self.name = name
-        self.model_key = model_key
-        self.on_event = on_event or (lambda event, value: None)
-        self._pipe: _Pipe | None = None
+        self.observer = observer or Observer()
+        self._pipe: WorkerProtocol | None = None
         self._starting: asyncio.Future[FunctionSpec] | None = None
         self._pending: collections.deque[_Call] = collections.deque()
         self._closing = False
@@ -133,9 +140,9 @@ class ProcessRunner:
     async def _spawn(self) -> FunctionSpec:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        env = {**os.environ, CONFIG_ENV: json.dumps(self.config)}
+        env = {**os.environ, **self.config.to_environ()}
         _, pipe = await loop.subprocess_exec(
-            lambda: _Pipe(self._on_reply, self._on_lost), sys.executable, "-m", "mlcomponent.runtime.worker",
+            lambda: WorkerProtocol(self._on_reply, self._on_lost), sys.executable, "-m", "mlcomponent.runtime.worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
             start_new_session=True)
         try:
@@ -143,7 +150,7 @@ class ProcessRunner:
         except ConnectionError:
             self._starting = None
             raise EntryPointError(f"the worker process {_describe_exit(pipe.returncode)} while loading "
-                                  f"{self.config['function']}") from None
+                                  f"{self.config.function}") from None
         if hello[0] == "fatal":
             self._starting = None
             raise EntryPointError(hello[1])
@@ -151,7 +158,7 @@ class ProcessRunner:
         self._pipe = pipe
         for call in self._pending:  # calls that had not started when the last worker died
             pipe.write(call.frame)
-        self.on_event("worker_started", time.perf_counter() - started)
+        self.observer.worker_started(time.perf_counter() - started)
         log.info("worker for %s started (pid %s)", self.name, self.pid)
         return spec
 
@@ -160,7 +167,7 @@ class ProcessRunner:
         if not call.abandoned and not call.future.done():
             call.future.set_result(reply)
 
-    def _on_lost(self, pipe: _Pipe) -> None:
+    def _on_lost(self, pipe: WorkerProtocol) -> None:
         if pipe is not self._pipe:
             return  # a worker that never became the current one (failed start)
         self._pipe = None
@@ -179,7 +186,7 @@ class ProcessRunner:
                 running.future.set_exception(WorkerDied(
                     f"the worker process running inference died ({_describe_exit(code)}); it is being "
                     "restarted and the model reloaded"))
-        self.on_event("worker_restart", 1)
+        self.observer.worker_restarted()
         log.warning("worker for %s %s; starting a new one", self.name, _describe_exit(code))
         self._starting = asyncio.ensure_future(self._spawn())
         self._starting.add_done_callback(_log_failure)
@@ -189,9 +196,7 @@ class ProcessRunner:
         """Run one call; ``deadline`` is a ``loop.time()`` after which it is abandoned (504)."""
         loop = asyncio.get_running_loop()
         wall_deadline = None if deadline is None else time.time() + (deadline - loop.time())
-        payload = pickle.dumps(("call", parameters, inputs, output_fields, wall_deadline),
-                               protocol=pickle.HIGHEST_PROTOCOL)
-        call = _Call(HEADER.pack(len(payload)) + payload, loop.create_future())
+        call = _Call(frame(("call", parameters, inputs, output_fields, wall_deadline)), loop.create_future())
         self._pending.append(call)
         if self._pipe is not None:
             self._pipe.write(call.frame)

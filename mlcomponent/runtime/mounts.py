@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlcomponent.boxes.base import Box
-from mlcomponent.boxes.config import open_box
+from mlcomponent.boxes.config import BoxesConfig, BoxSettings, open_box
 from mlcomponent.boxes.sync import sync_prefix
 from mlcomponent.manifest import ConnectedBox
 from mlcomponent.settings import Settings
@@ -24,11 +24,16 @@ class Mount:
     folder: Path
 
 
+def box_settings(settings: Settings, box_name: str) -> BoxSettings:
+    """How the box is reached: the ``--boxes`` file's entry, else a local folder under data-root."""
+    return BoxesConfig.load(settings.options.boxes).settings_for(box_name)
+
+
 def mount_folder(settings: Settings, box: ConnectedBox, sync: bool,
                  progress: Callable[[str, int], None] | None = None) -> Path:
     """The local folder that holds what appears at ``box.path``."""
     assert box.mount_s3_box is not None and box.path is not None
-    config = settings.boxes.settings_for(box.s3_box_name)
+    config = box_settings(settings, box.s3_box_name)
     if config.mounted:
         return Path(box.path)
     store = open_box(box.s3_box_name, config, settings.data_root, settings.environ)
@@ -66,12 +71,12 @@ def resolve_path(path: str, mounts: list[Mount]) -> str:
 
 def file_box(settings: Settings) -> Box:
     box = settings.manifest.box(settings.manifest.inference.file_exchange.file_box)
-    if box.path is not None and settings.boxes.settings_for(box.s3_box_name).mounted:
+    config = box_settings(settings, box.s3_box_name)
+    if box.path is not None and config.mounted:
         from mlcomponent.boxes.local import LocalBox
 
         return LocalBox(box.s3_box_name, Path(box.path))
-    store = open_box(box.s3_box_name, settings.boxes.settings_for(box.s3_box_name), settings.data_root,
-                     settings.environ)
+    store = open_box(box.s3_box_name, config, settings.data_root, settings.environ)
     sub_path = box.mount_s3_box.sub_path.strip("/") if box.mount_s3_box else ""
     if sub_path:
         from mlcomponent.boxes.prefixed import PrefixedBox

@@ -1,4 +1,4 @@
-"""Health states, and the in-process runner (``--no-isolate``): the function on one thread.
+"""The runner interface, and the in-process runner (``--no-isolate``): the function on one thread.
 
 Calls run on one dedicated thread: the event loop stays free for health probes and
 other requests' I/O, and the function never runs concurrently with itself, so it
@@ -9,29 +9,20 @@ a timed-out call cannot be stopped: it is answered with 504 and left to finish.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mlcomponent.errors import BadFunctionOutput, FunctionFailed, Timeout
 from mlcomponent.runtime.entrypoint import InferenceFunction
+from mlcomponent.runtime.worker import exception_name
 from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.runtime")
 
 
-class Health(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    WARMUP_FAILED = "warmup_failed"
-    STOPPING = "stopping"
-
-
 class Runner(Protocol):
     """What the data plane needs from whatever runs the function."""
-
-    model_key: str
 
     @property
     def waiting(self) -> int: ...
@@ -62,9 +53,7 @@ class InProcessRunner:
             result = self.function(parameters, inputs, output_fields, self.model_key, self.model)
         except Exception as error:
             log.exception("inference raised")
-            kind = type(error)
-            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-            raise FunctionFailed(f"inference raised {name}: {error}") from error
+            raise FunctionFailed(f"inference raised {exception_name(error)}: {error}") from error
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")

@@ -1,34 +1,35 @@
 """Wire one serving process together: settings → runner → spec → boxes → data plane.
 
 Everything that can fail at start-up fails here, with the reason, before the first
-request: import errors, a bad signature, a malformed docstring spec, a box that
-cannot be opened.
+request: import errors, a bad signature, a malformed docstring spec or Example, a
+box that cannot be opened. No web framework here: transports take ``dataplane``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
-
-from starlette.routing import BaseRoute
 
 from mlcomponent.errors import EntryPointError
 from mlcomponent.runtime.dataplane import DataPlane, Limits
 from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
+from mlcomponent.runtime.events import Observer
+from mlcomponent.runtime.frames import WorkerConfig
+from mlcomponent.runtime.health import Health
 from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.runtime.mounts import file_box, resolve_mounts, resolve_path
-from mlcomponent.runtime.runner import Health, InProcessRunner, Runner
-from mlcomponent.runtime.warmup import warm_up
+from mlcomponent.runtime.runner import InProcessRunner, Runner
+from mlcomponent.runtime.warmup import example_problem, warm_up
 from mlcomponent.settings import Settings
 from mlcomponent.spec.docstring import DocstringSpecError, spec_of
+from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.service")
 
 
-def load_function_and_spec(settings: Settings) -> tuple[Any, Any]:
-    """Import the entry point in this process (validate, and the in-process runner)."""
+def load_function_and_spec(settings: Settings) -> tuple[Any, FunctionSpec]:
+    """Import the entry point in this process (``validate``, and ``--no-isolate``), spec and Example checked."""
     apply_env(settings.manifest_env)
     dotted = settings.manifest.inference.entry_point.python_function
     function = load_entry_point(settings.python_path, dotted)
@@ -36,14 +37,25 @@ def load_function_and_spec(settings: Settings) -> tuple[Any, Any]:
         spec = spec_of(function)
     except DocstringSpecError as error:
         raise EntryPointError(f"{dotted}: docstring specification: {error}") from None
+    check_example(dotted, spec)
     return function, spec
 
 
-def make_runner(settings: Settings, model_key: str,
-                on_event: Callable[[str, float], None] | None = None) -> Runner:
+def check_example(dotted: str, spec: FunctionSpec) -> None:
+    problem = example_problem(spec)
+    if problem:
+        raise EntryPointError(f"{dotted}: docstring specification: {problem}")
+
+
+def make_runner(settings: Settings, model_key: str, observer: Observer | None = None) -> Runner:
+    """A worker process (the default: crash isolation, hard deadlines) or a thread here (``--no-isolate``).
+
+    With ``--no-isolate`` user code is imported into this process, here.
+    """
     if settings.options.isolate:
-        return ProcessRunner(str(settings.python_path), settings.manifest.inference.entry_point.python_function,
-                             model_key, settings.manifest_env, settings.model_name, on_event)
+        config = WorkerConfig(str(settings.python_path), settings.manifest.inference.entry_point.python_function,
+                              model_key, settings.manifest_env)
+        return ProcessRunner(config, settings.model_name, observer)
     function, spec = load_function_and_spec(settings)
     return InProcessRunner(function, spec, model_key)
 
@@ -52,24 +64,25 @@ async def check_entry_point(settings: Settings) -> None:
     """Start-up check without importing user code here: a worker process loads it once."""
     runner = make_runner(settings, "")
     try:
-        await runner.start()
+        spec = await runner.start()
+        check_example(settings.manifest.inference.entry_point.python_function, spec)
     finally:
         await runner.close()
 
 
 class Service:
-    def __init__(self, settings: Settings, *, sync_boxes: bool = True) -> None:
+    def __init__(self, settings: Settings, *, sync_boxes: bool = True, observer: Observer | None = None) -> None:
         self.settings = settings
         mounts = resolve_mounts(settings, sync=sync_boxes)
         model_key = resolve_path(settings.manifest.inference.model.model_path, mounts)
         files_root = settings.files_root()
         files_root.mkdir(parents=True, exist_ok=True)
         options = settings.options
-        # worker restarts and start-up times go where the data plane's observations go (metrics)
-        self.runner = make_runner(settings, model_key, lambda name, value: self.dataplane.observe(name, value))
+        self.runner = make_runner(settings, model_key, observer)
         limits = Limits(timeout=options.timeout, max_queue=options.max_queue, max_inputs=options.max_inputs,
                         max_elements=options.max_elements)
-        self.dataplane = DataPlane(settings.model_name, self.runner, file_box(settings), files_root, limits)
+        self.dataplane = DataPlane(settings.model_name, self.runner, file_box(settings), files_root, limits,
+                                   observer)
         self._warmup: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -93,8 +106,8 @@ class Service:
         log.info("warm-up succeeded; ready")
         self.dataplane.health = Health.READY
 
-    def stopping(self) -> None:
-        """SIGTERM: stop being ready at once, while in-flight requests drain."""
+    def on_terminate(self) -> None:
+        """The SIGTERM hook: stop being ready at once, while in-flight requests drain."""
         self.dataplane.health = Health.STOPPING
 
     async def stop(self) -> None:
@@ -102,8 +115,3 @@ class Service:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.runner.close()
-
-    def extra_routes(self) -> list[BaseRoute]:
-        from mlcomponent.http.playground import playground_routes
-
-        return playground_routes(self)

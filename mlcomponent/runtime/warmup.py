@@ -1,4 +1,9 @@
-"""Run the docstring's Example once at start-up, so the model loads before users arrive."""
+"""Run the docstring's Example once at start-up, so the model loads before users arrive.
+
+``check_example`` decodes the Example exactly as a request (datatypes, shapes, ranges,
+files), so a bad Example is a start-up error (and a ``validate`` error), never a
+service that stays unready.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlcomponent.errors import BadRequest
+from mlcomponent.protocol.request import decode_request
 from mlcomponent.runtime.dataplane import DataPlane
+from mlcomponent.spec.model import FunctionSpec
 
 
 def nested_shape(value: Any) -> list[int]:
@@ -18,13 +26,13 @@ def nested_shape(value: Any) -> list[int]:
     return shape or [1]
 
 
-def example_request(dataplane: DataPlane) -> tuple[dict[str, Any], dict[str, Path]]:
+def example_request(spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Path]]:
     """The example as a V2 body, and the local files for its FILE inputs (relative to the module)."""
-    example = dataplane.spec.example or {}
-    base = Path(dataplane.spec.source or ".").parent
+    example = spec.example or {}
+    base = Path(spec.source or ".").parent
     inputs, files = [], {}
     for name, value in example["inputs"].items():
-        declared = dataplane.spec.inputs_by_name[name]
+        declared = spec.inputs_by_name[name]
         if declared.datatype == "FILE":
             files[name] = (base / str(value)).resolve()
             inputs.append({"name": name, "datatype": "FILE", "shape": [1], "content_type": declared.content_type})
@@ -34,10 +42,27 @@ def example_request(dataplane: DataPlane) -> tuple[dict[str, Any], dict[str, Pat
     return {"inputs": inputs, "parameters": example["parameters"]}, files
 
 
+def example_problem(spec: FunctionSpec) -> str | None:
+    """Why the docstring's Example would not pass as a request, or None (also None without one)."""
+    if spec.example is None:
+        return None
+    body, files = example_request(spec)
+    for name, path in files.items():
+        if not path.is_file():
+            return f"Example input {name!r}: no file at {path}"
+    for item in body["inputs"]:
+        if item["name"] in files:
+            item["data"] = "example"  # stands for the uploaded file
+    try:
+        decode_request(body, spec)
+    except BadRequest as error:
+        return f"Example: {error.message}"
+    return None
+
+
 async def warm_up(dataplane: DataPlane) -> None:
-    body, example_files = example_request(dataplane)
-    files = dataplane.request_files(lambda key: key)
-    files.keep_uploads = False
+    body, example_files = example_request(dataplane.spec)
+    files = dataplane.request_files(keep_uploads=False)
     try:
         for name, source in example_files.items():
             target = files.upload_target(name, source.name)
@@ -45,6 +70,6 @@ async def warm_up(dataplane: DataPlane) -> None:
             files.uploaded[name] = (target, dataplane.spec.inputs_by_name[name].content_type)
         started = time.perf_counter()
         await dataplane.infer(body, files)
-        dataplane.observe("model_load_seconds", time.perf_counter() - started)
+        dataplane.observer.model_loaded(time.perf_counter() - started)
     finally:
         files.cleanup()

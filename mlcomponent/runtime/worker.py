@@ -1,13 +1,8 @@
 """The worker process: imports the user's function, holds the model, runs one call at a time.
 
-Started by ``ProcessRunner`` as ``python -m mlcomponent.runtime.worker``. It speaks
-length-prefixed pickled tuples on the pipes it was started with (moved off stdin and
-stdout, so a ``print`` in user code goes to stderr and cannot corrupt the protocol):
-
-    parent → worker   ("call", parameters, inputs, output_fields, deadline)
-    worker → parent   ("ready", FunctionSpec) | ("fatal", message)          once, at start
-                      ("ok", outputs) | ("raised", type, message, traceback)
-                      | ("bad_return", message) | ("expired",)            per call, in order
+Started by ``ProcessRunner`` as ``python -m mlcomponent.runtime.worker``. It speaks the
+frames of ``runtime/frames.py`` on the pipes it was started with (moved off stdin and
+stdout, so a ``print`` in user code goes to stderr and cannot corrupt the protocol).
 
 Imports are kept to the standard library and the loader, so a worker costs little
 memory beyond the user's own module and model.
@@ -16,50 +11,22 @@ memory beyond the user's own module and model.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import pickle
-import struct
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
 
-HEADER = struct.Struct("<Q")
-CONFIG_ENV = "MLCOMPONENT_WORKER_CONFIG"
+from mlcomponent.protocol.plain import as_plain
+from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, write_frame
 
 
-def write_frame(stream: IO[bytes], message: Any) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(len(payload)) + payload)
-    stream.flush()
-
-
-def read_frame(stream: IO[bytes]) -> Any:
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack(header)
-    payload = stream.read(size)
-    return pickle.loads(payload)
-
-
-def _plain(value: Any) -> Any:
-    tolist = getattr(value, "tolist", None)
-    return tolist() if tolist is not None and not isinstance(value, (list, str, bytes)) else value
-
-
-def _plain_outputs(outputs: Any) -> Any:
-    """numpy arrays become lists here, so the HTTP process never needs numpy."""
-    if not isinstance(outputs, (list, tuple)):
-        return outputs
-    plain = []
-    for item in outputs:
-        if isinstance(item, dict):
-            item = {key: _plain(value) for key, value in item.items()}
-        plain.append(item)
-    return plain
+def exception_name(error: BaseException) -> str:
+    """``ValueError`` for builtins, ``package.module.Error`` for the rest."""
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes]) -> None:
@@ -75,9 +42,7 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
         try:
             result = function(parameters, inputs, output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
-            kind = type(error)
-            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-            write_frame(sink, ("raised", name, str(error), traceback.format_exc()))
+            write_frame(sink, ("raised", exception_name(error), str(error), traceback.format_exc()))
             continue
         if not isinstance(result, tuple) or len(result) != 2:
             write_frame(sink, ("bad_return", f"inference returned {type(result).__name__}; it must return a "
@@ -85,7 +50,7 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
             continue
         outputs, model = result
         try:
-            write_frame(sink, ("ok", _plain_outputs(outputs)))
+            write_frame(sink, ("ok", as_plain(outputs)))  # numpy at any depth becomes lists here
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
@@ -96,26 +61,27 @@ def main() -> int:
     os.dup2(2, 1)  # user prints go to stderr
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    config = json.loads(os.environ.pop(CONFIG_ENV))
+    config = WorkerConfig.from_environ(os.environ)
+    del os.environ[CONFIG_ENV]
     from mlcomponent.errors import EntryPointError
     from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
     from mlcomponent.spec.docstring import DocstringSpecError, spec_of
 
-    apply_env(config["env"])
+    apply_env(config.env)
     try:
-        function = load_entry_point(Path(config["python_path"]), config["function"])
+        function = load_entry_point(Path(config.python_path), config.function)
         spec = spec_of(function)
     except EntryPointError as error:
         write_frame(sink, ("fatal", str(error)))
         return 1
     except DocstringSpecError as error:
-        write_frame(sink, ("fatal", f"{config['function']}: docstring specification: {error}"))
+        write_frame(sink, ("fatal", f"{config.function}: docstring specification: {error}"))
         return 1
     write_frame(sink, ("ready", spec))
     gc.collect()
     gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
     gc.set_threshold(20_000, 50, 100)
-    serve_calls(function, config["model_key"], source, sink)
+    serve_calls(function, config.model_key, source, sink)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 import re
 import textwrap
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import yaml
 
 from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES, PARAMETER_TYPES, FunctionSpec, ParameterSpec, TensorSpec
 
-SECTIONS = {"inputs": "inputs", "outputs": "outputs", "parameters": "parameters", "example": "example"}
+SECTION_NAMES = ("inputs", "outputs", "parameters", "example")
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z ]*):\s*$")
 _ENTRY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)\s*\((?P<attrs>.*)\)\s*:\s*(?P<desc>.*)$")
 TENSOR_FLAGS = {"optional", "nan"}
@@ -164,32 +163,14 @@ def _parameter(name: str, attrs: str, desc: str, line: int, fail: Callable[[str]
     if "values" in found and spec.values is None:
         raise fail("values must be a list, e.g. values=[a, b]")
     if spec.has_default:
-        problem = parameter_value_problem(spec, spec.default)
+        problem = spec.value_problem(spec.default)
         if problem:
             raise fail(f"default of {name!r}: {problem}")
     return spec
 
 
-def parameter_value_problem(spec: ParameterSpec, value: Any) -> str | None:
-    """Why ``value`` does not fit ``spec``, or None when it does."""
-    kind = PARAMETER_TYPES[spec.type]
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        return f"must be of type {spec.type}, got {type(value).__name__} {value!r}"
-    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
-        return f"{value!r} is outside the allowed range [{_num(spec.range[0])}, {_num(spec.range[1])}]"
-    if spec.values is not None and value not in spec.values:
-        return f"{value!r} is not one of {list(spec.values)}"
-    return None
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if value.is_integer() else str(value)
+Section = list[tuple[int, str]]  # (docstring line number, text) of one section's body
+Entry = tuple[int, str, str, str]  # (line number, name, attributes, description)
 
 
 def parse_docstring(doc: str | None, first_source_line: int | None = None) -> FunctionSpec:
@@ -197,13 +178,29 @@ def parse_docstring(doc: str | None, first_source_line: int | None = None) -> Fu
     if not doc:
         return FunctionSpec()
     lines = docstring_lines(doc)
-    sections: dict[str, list[tuple[int, str]]] = {}
+    sections = _sections(lines, first_source_line)
+    if not sections:
+        return FunctionSpec(summary=lines[0])
+    inputs = _build(sections, "inputs", _tensor, first_source_line)
+    outputs = _build(sections, "outputs", _tensor, first_source_line)
+    parameters = _build(sections, "parameters", _parameter, first_source_line)
+    example = _example(sections.get("example"), first_source_line)
+    spec = FunctionSpec(summary=lines[0], inputs=inputs, outputs=outputs, parameters=parameters,
+                        example=example, declared=True)
+    if example is not None:
+        _check_example(spec, example, sections["example"][0][0], first_source_line)
+    return spec
+
+
+def _sections(lines: list[str], first_source_line: int | None) -> dict[str, Section]:
+    """The body of each known section (``Inputs:`` ... up to the next unindented line)."""
+    sections: dict[str, Section] = {}
     current: str | None = None
-    summary = lines[0]
     for number, line in enumerate(lines, start=1):
         header = _HEADER.match(line)
         if header and not line.startswith(" "):
-            current = SECTIONS.get(header.group(1).strip().lower())
+            name = header.group(1).strip().lower()
+            current = name if name in SECTION_NAMES else None
             if current is not None:
                 if current in sections:
                     raise _error(f"section {header.group(1)!r} appears twice", number, first_source_line)
@@ -213,48 +210,39 @@ def parse_docstring(doc: str | None, first_source_line: int | None = None) -> Fu
             current = None
         if current is not None:
             sections[current].append((number, line))
-    if not sections:
-        return FunctionSpec(summary=summary)
+    return sections
 
-    def entries(kind: str) -> list[tuple[int, str, str, str]]:
-        found: list[tuple[int, str, str, str]] = []
-        body = sections.get(kind, [])
-        indent = min((len(t) - len(t.lstrip()) for _, t in body if t.strip()), default=0)
-        for number, text in body:
-            if not text.strip():
-                continue
-            if len(text) - len(text.lstrip()) > indent and found:
-                n, name, attrs, desc = found[-1]
-                found[-1] = (n, name, attrs, (desc + " " + text.strip()).strip())
-                continue
-            match = _ENTRY.match(text.strip())
-            if not match:
-                raise _error(
-                    f"cannot read {text.strip()!r} in {kind.capitalize()}; write "
-                    "`name (TYPE, key=value, ...): description`", number, first_source_line)
-            found.append((number, match["name"], match["attrs"], match["desc"].strip()))
-        return found
 
-    def build(kind: str, make: Callable[..., Any]) -> tuple[Any, ...]:
-        built, names = [], set()
-        for number, name, attrs, desc in entries(kind):
-            def fail(message: str, number: int = number) -> DocstringSpecError:
-                return _error(message, number, first_source_line)
-            if name in names:
-                raise fail(f"{name!r} is declared twice in {kind.capitalize()}")
-            names.add(name)
-            built.append(make(name, attrs, desc, number, fail))
-        return tuple(built)
+def _entries(body: Section, kind: str, first_source_line: int | None) -> list[Entry]:
+    """``name (attrs): description`` entries; deeper-indented lines continue the description."""
+    found: list[Entry] = []
+    indent = min((len(t) - len(t.lstrip()) for _, t in body if t.strip()), default=0)
+    for number, text in body:
+        if not text.strip():
+            continue
+        if len(text) - len(text.lstrip()) > indent and found:
+            n, name, attrs, desc = found[-1]
+            found[-1] = (n, name, attrs, (desc + " " + text.strip()).strip())
+            continue
+        match = _ENTRY.match(text.strip())
+        if not match:
+            raise _error(f"cannot read {text.strip()!r} in {kind.capitalize()}; write "
+                         "`name (TYPE, key=value, ...): description`", number, first_source_line)
+        found.append((number, match["name"], match["attrs"], match["desc"].strip()))
+    return found
 
-    inputs = build("inputs", _tensor)
-    outputs = build("outputs", _tensor)
-    parameters = build("parameters", _parameter)
-    example = _example(sections.get("example"), first_source_line)
-    spec = FunctionSpec(summary=summary, inputs=inputs, outputs=outputs, parameters=parameters,
-                        example=example, declared=True)
-    if example is not None:
-        _check_example(spec, example, sections["example"][0][0], first_source_line)
-    return spec
+
+def _build(sections: dict[str, Section], kind: str, make: Callable[..., Any],
+           first_source_line: int | None) -> tuple[Any, ...]:
+    built, names = [], set()
+    for number, name, attrs, desc in _entries(sections.get(kind, []), kind, first_source_line):
+        def fail(message: str, number: int = number) -> DocstringSpecError:
+            return _error(message, number, first_source_line)
+        if name in names:
+            raise fail(f"{name!r} is declared twice in {kind.capitalize()}")
+        names.add(name)
+        built.append(make(name, attrs, desc, number, fail))
+    return tuple(built)
 
 
 def _error(message: str, line: int, first_source_line: int | None) -> DocstringSpecError:
@@ -290,7 +278,7 @@ def _check_example(spec: FunctionSpec, example: dict[str, Any], line: int, first
         declared = spec.parameters_by_name.get(name)
         if declared is None:
             raise _error(f"Example parameter {name!r} is not declared in Parameters", line, first)
-        problem = parameter_value_problem(declared, value)
+        problem = declared.value_problem(value)
         if problem:
             raise _error(f"Example parameter {name!r}: {problem}", line, first)
 

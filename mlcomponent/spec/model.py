@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,27 @@ class ParameterSpec:
     @property
     def required(self) -> bool:
         return not self.has_default and not self.optional
+
+    def value_problem(self, value: Any) -> str | None:
+        """Why ``value`` does not fit this parameter, or None when it does."""
+        kind = PARAMETER_TYPES[self.type]
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return f"must be of type {self.type}, got {type(value).__name__} {value!r}"
+        if self.range is not None and not self.range[0] <= value <= self.range[1]:
+            return f"{value!r} is outside the allowed range [{_number(self.range[0])}, {_number(self.range[1])}]"
+        if self.values is not None and value not in self.values:
+            return f"{value!r} is not one of {list(self.values)}"
+        return None
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 @dataclass(frozen=True)

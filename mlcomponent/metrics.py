@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, latencies, in-flight and queued work, restarts, file bytes.
+"""Prometheus metrics for every transport: requests, latencies, in-flight and queued work,
+and what the runtime reports through its ``Observer`` hooks (restarts, model load, file bytes).
 
 With several worker processes, prometheus-client's multiprocess mode aggregates them
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``mlcomponent serve``).
@@ -11,24 +12,13 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from mlcomponent.runtime.events import Observer
+
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def endpoint_of(path: str) -> str:
-    """A small, fixed set of labels (never the raw path: unbounded cardinality)."""
-    if path.startswith("/v2/models/"):
-        if path.endswith("/infer"):
-            return "infer"
-        if "/files/" in path:
-            return "files"
-        return "ready" if path.endswith("/ready") else "model_metadata"
-    if path.startswith("/v2/health/"):
-        return "health"
-    return {"/v2": "server_metadata", "/metrics": "metrics", "/": "playground"}.get(path, "other")
-
-
-class Metrics:
+class Metrics(Observer):
     def __init__(self) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
@@ -60,17 +50,20 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def event(self, name: str, value: float) -> None:
-        if name == "inference_seconds":
-            self.inference_seconds.observe(value)
-        elif name == "worker_restart":
-            self.restarts.inc()
-        elif name == "model_load_seconds":
-            self.model_load.set(value)
-        elif name == "file_bytes_in":
-            self.file_bytes.labels("in").inc(value)
-        elif name == "file_bytes_out":
-            self.file_bytes.labels("out").inc(value)
+    def worker_restarted(self) -> None:
+        self.restarts.inc()
+
+    def inference_finished(self, seconds: float) -> None:
+        self.inference_seconds.observe(seconds)
+
+    def model_loaded(self, seconds: float) -> None:
+        self.model_load.set(seconds)
+
+    def files_moved(self, bytes_in: int, bytes_out: int) -> None:
+        if bytes_in:
+            self.file_bytes.labels("in").inc(bytes_in)
+        if bytes_out:
+            self.file_bytes.labels("out").inc(bytes_out)
 
     def render(self) -> bytes:
         if not self.multiprocess:

@@ -1,0 +1,112 @@
+"""The one infer endpoint: ``POST /v2/models/{name}[/versions/{v}]/infer`` in any encoding.
+
+A pure ASGI app (the hot path: no request objects). It reads the body as JSON, as
+JSON + binary tensors (``Inference-Header-Content-Length``) or as multipart (files
+streamed into the request folder), hands the decoded V2 body to the data plane,
+cleans the request's files up and only then answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from mlcomponent.errors import BadRequest, PayloadTooLarge
+from mlcomponent.http.multipart import is_multipart, read_multipart
+from mlcomponent.http.responses import error_payload, header, respond, result_payload
+from mlcomponent.protocol import binary
+from mlcomponent.runtime.dataplane import DataPlane
+from mlcomponent.runtime.files import RequestFiles
+
+PREFIX = "/v2/models/"
+SUFFIX = "/infer"
+
+
+def model_of_infer_path(path: str) -> str | None:
+    """The model name of ``/v2/models/{name}[/versions/{v}]/infer``, else None."""
+    if not path.startswith(PREFIX) or not path.endswith(SUFFIX):
+        return None
+    parts = path[len(PREFIX):-len(SUFFIX)].split("/")
+    if len(parts) == 1 or (len(parts) == 3 and parts[1] == "versions"):
+        return parts[0]
+    return None
+
+
+class InferEndpoint:
+    def __init__(self, plane: DataPlane, max_json_body: int, max_upload: int) -> None:
+        self.plane = plane
+        self.max_json_body = max_json_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plane = self.plane
+        files: RequestFiles | None = None
+        try:
+            plane.check_model(model_of_infer_path(scope["path"]) or "")
+            plane.admit()
+            files = plane.request_files()
+            body = await self._read_body(scope, receive, files)
+            response = await plane.infer(body, files, arrived=scope.get("mlcomponent.arrived"))
+            payload, headers = result_payload(response, scope)
+            status = 200
+        except Exception as error:  # noqa: BLE001 - the service never dies on a request
+            status, payload, headers = error_payload(error, scope)
+        finally:
+            if files is not None:
+                files.cleanup()  # before the answer: a client that saw it finds nothing left behind
+        await respond(send, status, payload, headers)
+
+    async def _read_body(self, scope: Scope, receive: Receive, files: RequestFiles) -> Any:
+        """The V2 body as JSON values, whichever of the three encodings it came in."""
+        content_type = header(scope, b"content-type") or b""
+        if is_multipart(content_type):
+            return await read_multipart(content_type, _chunks(receive), files, self.max_json_body, self.max_upload)
+        raw = await read_body(receive, scope, self.max_json_body)
+        length = header(scope, binary.HEADER.encode())
+        if length is not None:
+            return binary.decode(raw, length.decode("latin-1"))
+        if not raw.strip():
+            raise BadRequest("the request body is empty; send a JSON object with `inputs`")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"malformed JSON: {error}") from None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is over the {limit} byte limit (--max-json-body); "
+                           "send large tensors in binary or files as multipart")
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client disconnected before the body was complete")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return

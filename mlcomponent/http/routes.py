@@ -1,0 +1,107 @@
+"""The REST route table over the data plane: health, metadata, infer, files, metrics, docs.
+
+Open Inference Protocol (KServe V2) endpoints plus file downloads, metrics, the
+playground page and an OpenAPI description. Each handler is a few lines; the infer
+endpoint lives in ``http/infer.py``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from mlcomponent import __version__
+from mlcomponent.boxes.base import check_key
+from mlcomponent.errors import NotFound
+from mlcomponent.http.infer import InferEndpoint
+from mlcomponent.http.metadata import model_metadata
+from mlcomponent.http.openapi import openapi_document
+from mlcomponent.http.playground import playground_route
+from mlcomponent.metrics import CONTENT_TYPE, Metrics
+from mlcomponent.runtime.dataplane import DataPlane
+from mlcomponent.runtime.files import KEY_ROOT
+
+EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+class Endpoints:
+    """The non-infer handlers, each bound to one data plane."""
+
+    def __init__(self, plane: DataPlane, metrics: Metrics) -> None:
+        self.plane = plane
+        self.metrics = metrics
+        self.openapi = openapi_document(plane.model_name)
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        return json_response({"ready": self.plane.ready}, 200 if self.plane.ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: Request) -> Response:
+        self.plane.check_model(request.path_params["name"])
+        return json_response(model_metadata(self.plane.model_name, self.plane.spec))
+
+    async def model_ready(self, request: Request) -> Response:
+        plane = self.plane
+        plane.check_model(request.path_params["name"])
+        return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
+
+    async def download(self, request: Request) -> Response:
+        plane = self.plane
+        plane.check_model(request.path_params["name"])
+        key = check_key(request.path_params["key"])
+        if not key.startswith(f"{KEY_ROOT}/{plane.model_name}/"):
+            raise NotFound(f"no file {key!r}: only files this service wrote can be downloaded here")
+        info = plane.file_box.stat(key)
+        if info is None:
+            raise NotFound(f"no file {key!r} in the file box")
+        media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        return StreamingResponse(plane.file_box.read_chunks(key), media_type=media,
+                                 headers={"Content-Length": str(info.size)})
+
+    async def repository_index(self, request: Request) -> Response:
+        plane = self.plane
+        return json_response([{"name": plane.model_name, "version": "",
+                               "state": "READY" if plane.ready else "UNAVAILABLE"}])
+
+    async def prometheus(self, request: Request) -> Response:
+        self.metrics.queued.set(self.plane.queued)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def docs(self, request: Request) -> Response:
+        return json_response(self.openapi)
+
+
+def routes(endpoints: Endpoints, infer: InferEndpoint) -> list[BaseRoute]:
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    return [
+        Route("/v2/health/live", endpoints.live),
+        Route("/v2/health/ready", endpoints.ready),
+        Route("/v2", endpoints.server_metadata),
+        Route(model, endpoints.model_metadata),
+        Route(version, endpoints.model_metadata),
+        Route(model + "/ready", endpoints.model_ready),
+        Route(version + "/ready", endpoints.model_ready),
+        Route(model + "/infer", infer, methods=["POST"]),  # the gateway calls it directly; listed for 405s
+        Route(version + "/infer", infer, methods=["POST"]),
+        Route(model + "/files/{key:path}", endpoints.download),
+        Route("/v2/repository/index", endpoints.repository_index, methods=["POST", "GET"]),
+        Route("/metrics", endpoints.prometheus),
+        Route("/docs", endpoints.docs),
+        Route("/openapi.json", endpoints.docs),
+        playground_route(endpoints.plane.model_name),
+    ]
