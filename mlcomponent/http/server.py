@@ -2,8 +2,10 @@
 
 On SIGTERM the service turns not-ready at once (``on_terminate``, installed by the
 app at start-up in every worker), stops accepting, lets in-flight requests finish (up
-to the grace period), and exits 0: uvicorn's own handler would re-raise the signal
-after draining, which makes the exit status 143.
+to the grace period), and exits 0. With one worker that is ``GracefulServer``:
+uvicorn's own handler would re-raise the signal after draining, which makes the exit
+status 143 (also under ``--reload``). With ``--workers N`` uvicorn's supervisor runs its own
+``Server`` in each worker; the readiness flip still comes from ``on_terminate``.
 """
 
 from __future__ import annotations
