@@ -256,6 +256,11 @@ def _multipart_parts(stack: ExitStack, files: Mapping[str, str | Path],
     return parts
 
 
+def _checked(response: httpx.Response) -> httpx.Response:
+    _raise_for(response)
+    return response
+
+
 def _sent_and_failed(method: str, url: str, error: Exception) -> ServiceUnavailable:
     return ServiceUnavailable(f"{method} {url} failed after it was sent: {error} (not retried: it may have run)")
 
@@ -278,6 +283,12 @@ class _Base:
         """Connections that failed before sending are retried by the transport; a sent request only
         with ``retry_unsafe`` (it may have run)."""
         return 1 + (self.retries if self.retry_unsafe else 0)
+
+    def _retry_or_raise(self, method: str, path: str, attempt: int, error: httpx.TransportError) -> None:
+        if isinstance(error, httpx.ConnectError):
+            raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
+        if attempt + 1 >= self._attempts:
+            raise _sent_and_failed(method, self.url + path, error) from None
 
     def _request_body(self, inputs: Mapping[str, Any] | list[dict[str, Any]] | None, parameters: Mapping[str, Any] | None,
                       outputs: list[str | dict[str, Any]] | None, request_id: str | None, metadata: dict[str, Any] | None,
@@ -325,15 +336,9 @@ class Client(_Base):
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self._attempts):
             try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.ConnectError as error:
-                raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
+                return _checked(self._http.request(method, path, **kwargs))
             except httpx.TransportError as error:
-                if attempt + 1 < self._attempts:
-                    continue
-                raise _sent_and_failed(method, self.url + path, error) from None
-            _raise_for(response)
-            return response
+                self._retry_or_raise(method, path, attempt, error)
         raise AssertionError("unreachable")
 
     def _model(self) -> str:
@@ -420,15 +425,9 @@ class AsyncClient(_Base):
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self._attempts):
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.ConnectError as error:
-                raise ServiceUnavailable(f"cannot connect to {self.url}: {error}") from None
+                return _checked(await self._http.request(method, path, **kwargs))
             except httpx.TransportError as error:
-                if attempt + 1 < self._attempts:
-                    continue
-                raise _sent_and_failed(method, self.url + path, error) from None
-            _raise_for(response)
-            return response
+                self._retry_or_raise(method, path, attempt, error)
         raise AssertionError("unreachable")
 
     async def _model(self) -> str:

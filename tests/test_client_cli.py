@@ -113,6 +113,27 @@ def test_async_client(echo: Server) -> None:
     assert asyncio.run(main()) == [0.25, 0.5]
 
 
+def test_async_client_is_the_twin_of_client(files: Server, tmp_path: Path) -> None:
+    """live(), streamed uploads and downloads with progress, as the sync client has them."""
+    source = tmp_path / "report.bin"
+    source.write_bytes(os.urandom(300_000))
+    sent: list[int] = []
+    received: list[int] = []
+
+    async def main() -> Path:
+        async with AsyncClient(files.url) as client:
+            assert await client.live()
+            result = await client.infer(files={"doc": source}, progress=sent.append,
+                                        outputs=["sha256", {"name": "copy", "parameters": {"datatype": "FILE"}}])
+            assert result["sha256"].tolist() == [hashlib.sha256(source.read_bytes()).hexdigest()]
+            return await client.download(result.files["copy"], tmp_path / "out/", progress=received.append)
+
+    saved = asyncio.run(main())
+    assert saved.read_bytes() == source.read_bytes()
+    assert sum(sent) == sum(received) == source.stat().st_size
+    assert not asyncio.run(AsyncClient(f"http://127.0.0.1:{free_port()}").live())
+
+
 def test_client_files_in_and_out(files: Server, tmp_path: Path) -> None:
     source = tmp_path / "report.txt"
     source.write_bytes(os.urandom(50_000))
@@ -180,6 +201,26 @@ def test_a_request_that_may_have_run_is_not_sent_again(behaviours: tuple[Server,
     with Client(server.url, timeout=30) as client:  # queued behind the slow one: it returns after it
         client.infer({"x": [1]}, parameters={"tag": "after"})
     assert log.read_text().splitlines()[before:] == ["sleep once", "echo after"]
+
+
+def test_retry_unsafe_sends_a_request_that_may_have_run_again(behaviours: tuple[Server, Path]) -> None:
+    """The opt-in: with retry_unsafe the sync and async clients re-send after a read timeout."""
+    server, log = behaviours
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    slow = {"do": "sleep", "seconds": 0.8}
+    with Client(server.url, timeout=0.3, retries=1, retry_unsafe=True) as client, pytest.raises(ServiceUnavailable):
+        client.infer({"x": [1]}, parameters={**slow, "tag": "sync"})
+
+    async def twice() -> None:
+        async with AsyncClient(server.url, timeout=0.3, retries=1, retry_unsafe=True) as client:
+            await client.infer({"x": [1]}, parameters={**slow, "tag": "async"})
+
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(twice())
+    with Client(server.url, timeout=30) as client:  # runs after the four sleeps: the log is complete
+        client.infer({"x": [1]}, parameters={"tag": "after"})
+    assert log.read_text().splitlines()[before:] == ["sleep sync", "sleep sync", "sleep async", "sleep async",
+                                                     "echo after"]
 
 
 # --------------------------------------------------------------------------- --reload
