@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process)."""
+"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process); the "not run" summary."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import free_port, wait_until_live
 
+NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -68,3 +69,20 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List, at the end, every test not run because this machine lacks something (tests.support.not_run)."""
+    missing = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        message = message.removeprefix("Skipped: ")
+        if message.startswith(NOT_RUN):
+            missing.append((report.nodeid, message.removeprefix(NOT_RUN)))
+    if not missing:
+        return
+    terminalreporter.write_sep("=", f"{len(missing)} test(s) not run: this machine lacks what they need", yellow=True)
+    for nodeid, reason in missing:
+        terminalreporter.write_line(f"NOT RUN {nodeid}: because {reason}")
+    terminalreporter.write_line("(scripts/test.sh installs these as root with apt; on CI, with CI set, they fail)")
