@@ -161,7 +161,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
-        _check_can_listen(host, port)
+        _check_can_listen(host, port)  # before anything starts or is announced
         _check_writable(settings.data_root)
         asyncio.run(check_entry_point(settings))
         _sync_mounts(settings)
@@ -329,6 +329,13 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
     from mlcomponent.client import Client, ClientError
 
     token = os.environ.get(token_env) if token_env else None
+    paths = {}  # local files first: a wrong path is said before anything is sent
+    for text in files:
+        name, raw = _split_assignment(text, "-f")
+        path = Path(raw.removeprefix("@")).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{path} is not a file", param_hint="-f")
+        paths[name] = path
     try:
         with Client(url, model, timeout=timeout, token=token) as client:
             metadata = client.metadata()
@@ -342,13 +349,6 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
             for text in parameters:
                 name, raw = _split_assignment(text, "-p")
                 params[name] = _typed_parameter(raw, declared_params.get(name))
-            paths = {}
-            for text in files:
-                name, raw = _split_assignment(text, "-f")
-                path = Path(raw.removeprefix("@")).expanduser()
-                if not path.is_file():
-                    raise click.BadParameter(f"{path} is not a file", param_hint="-f")
-                paths[name] = path
             size = sum(p.stat().st_size for p in paths.values())
             with transfer_progress(size, "uploading") as progress:
                 wanted: list[str | dict[str, object]] = [*outputs]

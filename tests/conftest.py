@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support import free_port, wait_until_live
+from tests.checkout import Checkout
+from tests.support import ROOT, Server, free_port, not_run, stop_group, wait_ready, wait_until_live
 
 NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -69,6 +71,52 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    """The working tree as a fresh clone of it has it: tracked and new files, nothing ignored
+    (no .venv, no trained models), and no ../shared beside it. Removed at the end."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True)
+    if listed.returncode != 0:
+        not_run(f"{ROOT} is not a git checkout, so there is nothing to clone: {listed.stderr.decode().strip()}")
+    root = tmp_path_factory.mktemp("clone") / "mlcomponent"
+    for name in filter(None, listed.stdout.split(b"\0")):
+        source = ROOT / os.fsdecode(name)
+        if source.is_file():  # a tracked file deleted in the working tree is not in a clone of it either
+            target = root / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    try:
+        yield Checkout(root)
+    finally:
+        # its .venv is over 500 MB in some 20,000 files: removed in the background, not waited for
+        subprocess.Popen(["rm", "-rf", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def readme_first_command(fresh_checkout: Checkout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The README's first command, ``./scripts/serve-example.sh``, run in the fresh checkout.
+
+    It makes the checkout's .venv exactly as a new user gets it (the ``examples`` extra only)
+    and serves the iris example; the README's tour runs against it, in that .venv.
+    """
+    port = free_port()
+    log = tmp_path_factory.mktemp("readme") / "serve-example.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(["./scripts/serve-example.sh"], cwd=fresh_checkout.root, stdout=sink,
+                                   stderr=subprocess.STDOUT, env=fresh_checkout.env(PORT=str(port)),
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process, log, deadline_s=900)  # a fresh .venv: pip installs the examples' packages
+        server = Server(url, process, log, fresh_checkout.root / "examples" / "iris" / "data")
+        wait_ready(server)
+        yield server
+    finally:
+        stop_group(process)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

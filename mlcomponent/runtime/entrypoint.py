@@ -69,18 +69,15 @@ def unchecked_reason(python_path: Path, module_root: Path, dotted: str) -> str |
     """Why the entry point cannot be checked on this machine, or None when it can.
 
     It can be checked whenever its package can be found (under pythonPath or installed),
-    and whenever the module's code is here at all (Python files under pythonPath or the
-    module root): then a name that does not import is a mistake, not a missing checkout.
-    Only a manifest on its own, away from any code, is left unchecked.
+    and whenever the module's code is here at all (Python files under pythonPath, or beside
+    a pythonPath that is not there): then a name that does not import is a mistake, not a
+    missing checkout. Only a manifest on its own, away from any code, is left unchecked.
     """
-    top = dotted.split(".")[0]
     if python_path.is_dir():
-        if _find_spec(top, python_path) or _holds_python(python_path):
+        if _find_spec(dotted.split(".")[0], python_path) or _holds_python(python_path):
             return None
-    elif _holds_python(module_root):
-        return None
-    elif _find_spec(top, None):
-        return None
+    elif _holds_python(module_root) or _holds_python(python_path.parent):
+        return None  # a pythonPath that is not there, beside code that is: a typo
     return (f"no Python code under pythonPath {str(python_path)!r} or beside the manifest "
             "(a manifest checked on its own)")
 
