@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import ROOT, not_run
+
+
+def copy_worktree(root: Path) -> Path:
+    """Copy the working tree as a fresh clone of it has it: tracked and new files, nothing ignored."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True)
+    if listed.returncode != 0:
+        not_run(f"{ROOT} is not a git checkout, so there is nothing to clone: {listed.stderr.decode().strip()}")
+    for name in filter(None, listed.stdout.split(b"\0")):
+        source = ROOT / os.fsdecode(name)
+        if source.is_file():  # a tracked file deleted in the working tree is not in a clone of it either
+            target = root / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return root
+
+
+def remove_in_background(folder: Path) -> None:
+    """A copy with a .venv is some 20,000 files: removed without waiting for it."""
+    subprocess.Popen(["rm", "-rf", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
 
 
 class Checkout:

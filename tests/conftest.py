@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.checkout import Checkout
-from tests.support import ROOT, Server, free_port, not_run, stop_group, wait_ready, wait_until_live
+from tests.checkout import Checkout, copy_worktree, remove_in_background
+from tests.support import Server, free_port, stop_group, wait_ready, wait_until_live
 
 NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -77,23 +76,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
 def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
     """The working tree as a fresh clone of it has it: tracked and new files, nothing ignored
     (no .venv, no trained models), and no ../shared beside it. Removed at the end."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True)
-    if listed.returncode != 0:
-        not_run(f"{ROOT} is not a git checkout, so there is nothing to clone: {listed.stderr.decode().strip()}")
-    root = tmp_path_factory.mktemp("clone") / "mlcomponent"
-    for name in filter(None, listed.stdout.split(b"\0")):
-        source = ROOT / os.fsdecode(name)
-        if source.is_file():  # a tracked file deleted in the working tree is not in a clone of it either
-            target = root / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    root = copy_worktree(tmp_path_factory.mktemp("clone") / "mlcomponent")
     try:
         yield Checkout(root)
     finally:
-        # its .venv is over 500 MB in some 20,000 files: removed in the background, not waited for
-        subprocess.Popen(["rm", "-rf", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+        remove_in_background(root)
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +106,10 @@ def readme_first_command(fresh_checkout: Checkout, tmp_path_factory: pytest.Temp
         stop_group(process)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """List, at the end, every test not run because this machine lacks something (tests.support.not_run)."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: its code after yield runs last
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """List, at the very end, every test not run because this machine lacks something (tests.support.not_run)."""
+    yield  # pytest's own summaries first, the short test summary included
     missing = []
     for report in terminalreporter.stats.get("skipped", []):
         longrepr = report.longrepr
