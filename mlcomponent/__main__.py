@@ -1,3 +1,3 @@
 from mlcomponent.cli import main
 
-main()
+main(prog_name="mlcomponent")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -12,44 +13,94 @@ from mlcomponent import __version__
 from mlcomponent.errors import EntryPointError, ManifestError
 from mlcomponent.settings import MB, ServeOptions, Settings
 
+# Modules that come with an extra, not with mlcomponent itself: which extra to install.
+EXTRAS = {"kopf": "kubernetes", "kubernetes": "kubernetes"}
 
-def _fail(lines: list[str] | str, code: int = 1) -> None:
+
+def _fail(lines: list[str] | str, code: int = 1) -> NoReturn:
     for line in [lines] if isinstance(lines, str) else lines:
         click.echo(line, err=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Commands(click.Group):
+    """The command group: whole descriptions in ``--help``, and every mistake answered in one line."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))  # wrapped, never cut with "..."
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as error:
+            extra = EXTRAS.get((error.name or "").split(".")[0])
+            if extra is None:
+                raise
+            _fail(f"mlcomponent {ctx.invoked_subcommand}: needs {error.name!r}, which comes with the {extra!r} "
+                  f"extra: pip install 'mlcomponent[{extra}]'")
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except _NO_ARGS_IS_HELP as error:  # bare `mlcomponent` (click 8.2+): the help, as click shows it
+            click.echo(error.format_message())
+            sys.exit(error.exit_code)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "mlcomponent"
+            _fail(f"{where}: {error.format_message()} (see '{where} --help')", error.exit_code)
+        except click.ClickException as error:
+            _fail(f"mlcomponent: {error.format_message()}", error.exit_code)
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlcomponent")
 def main() -> None:
     """Serve one Python inference function as an Open Inference Protocol (KServe V2) service."""
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.argument("manifest")
 def validate(manifest: str) -> None:
     """Check MANIFEST (and its entry point and docstring spec, when the module is here)."""
-    from mlcomponent.manifest import load_manifest
+    from mlcomponent.manifest import load_manifest, locate
+    from mlcomponent.runtime.entrypoint import unchecked_reason
     from mlcomponent.runtime.service import load_function_and_spec
 
     try:
         parsed = load_manifest(manifest)
     except ManifestError as error:
-        _fail(error.problems + [f"{manifest}: {len(error.problems)} problem(s)"])
-        return
+        count = len(error.problems)
+        _fail(error.problems + ([f"{manifest}: {count} problem(s)"] if count > 1 else []))
     click.echo(f"{manifest}: manifest OK ({parsed.kind} {parsed.metadata.name})")
     settings = Settings.build(ServeOptions(manifest=manifest), os.environ)
     entry = parsed.inference.entry_point
-    module_file = settings.python_path.joinpath(*entry.python_function.split(".")[:-1])
-    if not (module_file.with_suffix(".py").is_file() or (module_file / "__init__.py").is_file()):
-        click.echo(f"{manifest}: entry point not checked: {entry.python_function} is not under "
-                   f"pythonPath {settings.python_path} (a manifest checked on its own)")
+    reason = unchecked_reason(settings.python_path, settings.module_root, entry.python_function)
+    if reason is not None:
+        click.echo(f"{manifest}: entry point not checked: {reason}")
         return
     try:
         _, spec = load_function_and_spec(settings)
     except EntryPointError as error:
-        _fail(f"{manifest}: spec.mlService.inference.entryPoint.pythonFunction: {error}")
-        return
+        field = "pythonPath" if str(error).startswith("pythonPath") else "pythonFunction"
+        _fail(f"{locate(manifest, ('spec', 'mlService', 'inference', 'entryPoint', field))}: {error}")
     if spec.declared:
         click.echo(f"{entry.python_function}: docstring spec OK ({len(spec.inputs)} inputs, "
                    f"{len(spec.outputs)} outputs, {len(spec.parameters)} parameters"
@@ -59,11 +110,11 @@ def validate(manifest: str) -> None:
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.argument("manifest")
 @click.option("--module-root", type=click.Path(file_okay=False), help="Folder pythonPath is relative to. "
               "Default: the manifest's folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder for local boxes, caches and "
               "request files. Default: data/ beside the manifest.")
 @click.option("--boxes", type=click.Path(dir_okay=False, exists=True), help="YAML mapping box names to S3 or folders.")
@@ -77,7 +128,7 @@ def validate(manifest: str) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--auth-token-env", help="Env var holding a bearer token required on data endpoints.")
-@click.option("--auth-token-file", type=click.Path(dir_okay=False), help="File holding that token.")
+@click.option("--auth-token-file", type=click.Path(dir_okay=False, exists=True), help="File holding that token.")
 @click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
@@ -110,12 +161,16 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
+        _check_can_listen(host, port)  # before anything starts or is announced
+        _check_writable(settings.data_root)
         asyncio.run(check_entry_point(settings))
         _sync_mounts(settings)
     except ManifestError as error:
         _fail(error.problems)
-    except (EntryPointError, ValueError) as error:
+    except EntryPointError as error:
         _fail(f"cannot start: {error}")
+    except ValueError as error:
+        _fail(f"cannot start: {_one_line(error)}")
     os.environ[OPTIONS_ENV] = options.to_env()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_fresh_metrics_dir(settings.data_root)))
@@ -128,6 +183,52 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         reload_dirs=[str(settings.module_root)] if reload else None,
         reload_includes=["*.py", "*.yaml", "*.yml"] if reload else None,
     ))
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind the address once before announcing anything, so a taken port is one clear line."""
+    import errno
+    import socket
+
+    def bind(candidate: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind((host, candidate))
+
+    try:
+        bind(port)
+    except OSError as error:
+        if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(f"--host {host!r} is not an address of this machine ({error.strerror}); "
+                             "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)") from None
+        if error.errno == errno.EADDRINUSE:
+            free = next((p for p in range(port + 1, min(port + 50, 65536)) if _bindable(bind, p)), None)
+            hint = f", e.g. --port {free}" if free else ""
+            raise ValueError(f"port {port} on {host} is already in use (by another `mlcomponent serve`?); "
+                             f"stop that, or pick another port with --port{hint}") from None
+        if error.errno == errno.EACCES:
+            raise ValueError(f"port {port} needs root rights on this machine; pick a port from 1024 up with "
+                             "--port, e.g. --port 8080") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}; check --host and --port") from None
+
+
+def _bindable(bind: Any, port: int) -> bool:
+    try:
+        bind(port)
+        return True
+    except OSError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the data folder {folder}: {error.strerror}; "
+                         "pick a folder you can write with --data-root") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"the data folder {folder} is not writable; pick a folder you can write with --data-root")
 
 
 def _fresh_metrics_dir(data_root: Path) -> Path:
@@ -228,6 +329,13 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
     from mlcomponent.client import Client, ClientError
 
     token = os.environ.get(token_env) if token_env else None
+    paths = {}  # local files first: a wrong path is said before anything is sent
+    for text in files:
+        name, raw = _split_assignment(text, "-f")
+        path = Path(raw.removeprefix("@")).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{path} is not a file", param_hint="-f")
+        paths[name] = path
     try:
         with Client(url, model, timeout=timeout, token=token) as client:
             metadata = client.metadata()
@@ -241,13 +349,6 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
             for text in parameters:
                 name, raw = _split_assignment(text, "-p")
                 params[name] = _typed_parameter(raw, declared_params.get(name))
-            paths = {}
-            for text in files:
-                name, raw = _split_assignment(text, "-f")
-                path = Path(raw.removeprefix("@")).expanduser()
-                if not path.is_file():
-                    raise click.BadParameter(f"{path} is not a file", param_hint="-f")
-                paths[name] = path
             size = sum(p.stat().st_size for p in paths.values())
             with transfer_progress(size, "uploading") as progress:
                 wanted: list[str | dict[str, object]] = [*outputs]
@@ -260,8 +361,9 @@ def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files:
                     with transfer_progress(0, f"downloading {name}") as progress:
                         saved[name] = client.download(output, Path(output_dir) / Path(output.key).name, progress)
     except ClientError as error:
-        _fail(f"error: {error.message}")
-        return
+        hint = "; is the service running there? (mlcomponent serve MANIFEST)" if error.message.startswith(
+            "cannot connect") else ""
+        _fail(f"error: {error.message}{hint}")
     if as_json:
         click.echo(json.dumps(result.raw, indent=2))
         return
@@ -279,7 +381,8 @@ def init(folder: str, force: bool) -> None:
         written = scaffold(Path(folder), force)
     except FileExistsError as error:
         _fail(f"init: {error}")
-        return
+    except OSError as error:
+        _fail(f"init: cannot write {error.filename or folder}: {error.strerror}; pick a folder you can write")
     for path in written:
         click.echo(f"wrote {path}")
     manifest = Path(folder) / "mlcomponent.yaml"
@@ -309,12 +412,11 @@ def sync_box(box: str, destination: str, sub_path: str, endpoint: str | None, re
                              lambda name, size: click.echo(f"fetched {name} ({size} bytes)", err=True))
     except (ValueError, OSError) as error:
         _fail(f"sync-box {box}: {error}")
-        return
     click.echo(f"synced {box}/{sub_path} -> {destination}: {counts}")
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.argument("manifest")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
               help="Operator configuration (registries, S3 endpoint, CSI mounts).")
 def render(manifest: str, config_path: str | None) -> None:
@@ -327,10 +429,8 @@ def render(manifest: str, config_path: str | None) -> None:
         objects = render_objects(load_manifest(manifest), OperatorConfig.load(config_path))
     except ManifestError as error:
         _fail(error.problems)
-        return
     except ValueError as error:
         _fail(f"{manifest}: {error}")
-        return
     click.echo(to_yaml(objects), nl=False)
 
 
@@ -366,7 +466,26 @@ def operator(config_path: str | None, namespaces: tuple[str, ...], verbose: bool
     """Run the operator: reconcile MLComponents into ConfigMap, Deployment and Service."""
     from mlcomponent.kubernetes.operator import run
 
+    _check_cluster_credentials()
     run(config_path, list(namespaces), verbose)
+
+
+def _check_cluster_credentials() -> None:
+    """The operator needs a cluster: say so in one line, before kopf's login traceback would."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+        return
+    except config.ConfigException:
+        pass
+    try:
+        config.load_kube_config()
+    except (config.ConfigException, OSError, ValueError, TypeError) as error:
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        _fail(f"mlcomponent operator: no cluster to connect to: cannot load the kubeconfig {where} "
+              f"({_one_line(error) or type(error).__name__}); set KUBECONFIG to a cluster's kubeconfig, "
+              "or run the operator in the cluster (kubectl apply -f deploy/)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DOTTED_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 ABSOLUTE_PATH = r"^/.*$"
+# A relative path inside a box: segments of anything but '/', '\\' and control characters, none
+# of them '.' or '..', no empty ones; an optional trailing '/'; empty means the whole box.
+# RE2-compatible (no look-ahead), since the API server checks the CRD's patterns too.
+_SEGMENT = r"(?:[^/.\\\x00-\x1f][^/\\\x00-\x1f]*|\.[^/.\\\x00-\x1f][^/\\\x00-\x1f]*|\.\.[^/\\\x00-\x1f]+)"
+BOX_SUB_PATH = rf"^(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?$"
 
 
 class _Model(BaseModel):
@@ -94,7 +99,8 @@ class MLService(_Model):
 
 class MountS3Box(_Model):
     s3_box_name: str = Field(min_length=1, description="The platform box (S3 bucket) to mount.")
-    sub_path: str = Field("", description="Folder inside the box that appears at the box's path.")
+    sub_path: str = Field("", pattern=BOX_SUB_PATH,
+                          description="Folder inside the box that appears at the box's path (relative, no '..').")
 
 
 class CopyS3Box(_Model):
@@ -173,7 +179,16 @@ def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
     Works on the raw mapping (defensively), so these problems are reported together
     with the per-field ones instead of only after those are fixed.
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = _nul_problems(data, ())
+    env = _get(data, "spec", "env")
+    seen_env: dict[str, int] = {}
+    for index, item in enumerate(env if isinstance(env, list) else []):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name in seen_env:
+            problems.append(Problem(("spec", "env", index, "name"), f"duplicate env name {name!r} "
+                                    f"(also env[{seen_env[name]}]); Kubernetes refuses a name given twice"))
+        if isinstance(name, str):
+            seen_env.setdefault(name, index)
     boxes = _get(data, "spec", "connectedBoxes")
     boxes = [b if isinstance(b, dict) else {} for b in boxes] if isinstance(boxes, list) else []
     seen: dict[str, int] = {}
@@ -215,6 +230,19 @@ def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
                                     f"{model_path!r} is not under the model box's path "
                                     f"{model_box['path']!r}; the model must live inside its box"))
     return problems
+
+
+def _nul_problems(data: Any, loc: Loc) -> list[Problem]:
+    """A NUL character fits in YAML ("\\0") but in no environment variable, path or name."""
+    if isinstance(data, str):
+        return [Problem(loc, "contains a NUL character (\\0), which no name, path or environment "
+                        "value can hold; remove it")] if "\0" in data else []
+    if isinstance(data, dict):
+        return [p for key, value in data.items()
+                for p in _nul_problems(key, loc + (str(key),)) + _nul_problems(value, loc + (str(key),))]
+    if isinstance(data, list):
+        return [p for index, item in enumerate(data) for p in _nul_problems(item, loc + (index,))]
+    return []
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -303,6 +331,7 @@ _PATTERN_NAMES = {
     ENV_NAME: "a valid environment variable name (letters, digits and '_', not starting with a digit)",
     DOTTED_NAME: "a dotted Python name such as package.module.inference",
     ABSOLUTE_PATH: "an absolute path (starting with '/')",
+    BOX_SUB_PATH: "a relative path inside the box (no leading '/', no '.', '..' or empty segments, no '\\')",
 }
 
 
@@ -320,14 +349,90 @@ def problems_of(data: Any) -> tuple[Manifest | None, list[Problem]]:
     return (None if problems else manifest), problems
 
 
+MAX_BYTES = 1024 * 1024  # Kubernetes keeps objects under 1.5 MB; a manifest is a few hundred bytes
+MAX_DEPTH = 32  # the deepest field of a manifest is 6 levels down
+MAX_NODES = 10_000  # YAML nodes once anchors and aliases are expanded; the spec's example has about 60
+
+
+class _Refused(Exception):
+    """A manifest refused before it is validated: too large, too deep, or expanding too far."""
+
+
+class _ManifestLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
+    """PyYAML's safe loader, with a limit on nesting (a 100,000-deep file would overflow the stack)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(f"line {line}: nested deeper than {MAX_DEPTH} levels; a manifest is 6 levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """How many nodes the document has once every alias is replaced by what it names.
+
+    Aliases share the node they name, so this is cheap to count (each node once, with a
+    memo) even when the expansion is astronomically large (the "billion laughs").
+    """
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_NODES + 1  # an alias to an enclosing node (a cycle) expands without end
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, memo) for item in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with the line and column first."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        context = f" ({error.context})" if error.context else ""
+        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}{context}"
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"character {error.position + 1}: {error.reason}"
+    return " ".join(str(error).split())
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
+    """One YAML document: its data and the line of every path. Raises _Refused or yaml.YAMLError."""
+    loader = _ManifestLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise _Refused(f"anchors and aliases expand it past {MAX_NODES:,} values "
+                           "(a \"billion laughs\" file?); write the manifest out in full")
+        return loader.construct_document(node), _line_map(node)
+    finally:
+        loader.dispose()
+
+
 def parse_manifest_text(text: str, source: str = "manifest") -> Manifest:
     """Parse and validate; raises ManifestError with one line per problem, naming path and line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, lines = _load_yaml(text)
     except yaml.YAMLError as error:
-        raise ManifestError([f"{source}: not valid YAML: {error}"]) from None
-    lines = _line_map(node) if node is not None else {}
+        raise ManifestError([f"{source}: not valid YAML: {_yaml_problem(error)}"]) from None
+    except _Refused as error:
+        raise ManifestError([f"{source}: refused: {error}"]) from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits, or the date 2024-13-45
+        reason = " ".join(str(error).split()).split("; use sys.")[0]
+        raise ManifestError([f"{source}: refused: a value cannot be read: {reason}"]) from None
     manifest, problems = problems_of(data)
     if problems:
         raise ManifestError([_describe(source, p, lines) for p in problems])
@@ -344,10 +449,35 @@ def _describe(source: str, problem: Problem, lines: dict[Loc, int]) -> str:
     return f"{where}: {format_loc(problem.loc)}: {problem.message}"
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def read_manifest_text(path: str | Path) -> str:
+    """The file's text, or a ManifestError that says in one line why it cannot be read."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ManifestError([f"{path}: no such file; give the path of a manifest (mlcomponent.yaml)"]) from None
+    except IsADirectoryError:
+        raise ManifestError([f"{path}: is a folder; give the manifest file in it, e.g. {path / 'mlcomponent.yaml'}"]) from None
     except OSError as error:
-        raise ManifestError([f"{path}: cannot read the manifest: {error.strerror}"]) from None
-    return parse_manifest_text(text, str(path))
+        raise ManifestError([f"{path}: cannot read the manifest: {error.strerror or error}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise ManifestError([f"{path}: refused: larger than {MAX_BYTES // 1024} KiB; a manifest is a few hundred bytes"])
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise ManifestError([f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                             "save the manifest as UTF-8"]) from None
+
+
+def locate(path: str | Path, loc: Loc) -> str:
+    """``file:line: yaml.path`` for a field of a manifest already read (the file alone if it has moved)."""
+    try:
+        _, lines = _load_yaml(read_manifest_text(path))
+    except (ManifestError, _Refused, yaml.YAMLError, ValueError):
+        lines = {}
+    return _describe(str(path), Problem(loc, ""), lines).removesuffix(": ")
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    return parse_manifest_text(read_manifest_text(path), str(path))

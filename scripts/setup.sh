@@ -9,12 +9,20 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   echo "setup: mlcomponent needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
   exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
+if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "setup: $python cannot create virtual environments (no venv/ensurepip); on Debian or Ubuntu: apt-get install python3-venv" >&2
+  exit 1
+fi
+# A .venv left half-made by an interrupted run (no working pip) is made again.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
   "$python" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 stamp=".venv/.installed-$(echo "$extras" | tr ',' '-')"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+  # setuptools prints an "Editable installation" banner (a warning) even under --quiet.
+  PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
   touch "$stamp"
 fi

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process)."""
+"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process); the "not run" summary."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support import free_port, wait_until_live
+from tests.checkout import Checkout, copy_worktree, remove_in_background
+from tests.support import Server, free_port, stop_group, wait_ready, wait_until_live
 
+NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -68,3 +70,56 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    """The working tree as a fresh clone of it has it: tracked and new files, nothing ignored
+    (no .venv, no trained models), and no ../shared beside it. Removed at the end."""
+    root = copy_worktree(tmp_path_factory.mktemp("clone") / "mlcomponent")
+    try:
+        yield Checkout(root)
+    finally:
+        remove_in_background(root)
+
+
+@pytest.fixture(scope="session")
+def readme_first_command(fresh_checkout: Checkout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The README's first command, ``./scripts/serve-example.sh``, run in the fresh checkout.
+
+    It makes the checkout's .venv exactly as a new user gets it (the ``examples`` extra only)
+    and serves the iris example; the README's tour runs against it, in that .venv.
+    """
+    port = free_port()
+    log = tmp_path_factory.mktemp("readme") / "serve-example.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(["./scripts/serve-example.sh"], cwd=fresh_checkout.root, stdout=sink,
+                                   stderr=subprocess.STDOUT, env=fresh_checkout.env(PORT=str(port)),
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process, log, deadline_s=900)  # a fresh .venv: pip installs the examples' packages
+        server = Server(url, process, log, fresh_checkout.root / "examples" / "iris" / "data")
+        wait_ready(server)
+        yield server
+    finally:
+        stop_group(process)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: its code after yield runs last
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """List, at the very end, every test not run because this machine lacks something (tests.support.not_run)."""
+    yield  # pytest's own summaries first, the short test summary included
+    missing = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        message = message.removeprefix("Skipped: ")
+        if message.startswith(NOT_RUN):
+            missing.append((report.nodeid, message.removeprefix(NOT_RUN)))
+    if not missing:
+        return
+    terminalreporter.write_sep("=", f"{len(missing)} test(s) not run: this machine lacks what they need", yellow=True)
+    for nodeid, reason in missing:
+        terminalreporter.write_line(f"NOT RUN {nodeid}: because {reason}")
+    terminalreporter.write_line("(scripts/test.sh installs these as root with apt; on CI, with CI set, they fail)")

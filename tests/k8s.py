@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.prerequisites import require_control_plane
 from tests.support import ROOT, free_port, stop_group
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
@@ -44,6 +45,7 @@ class Cluster:
 
 @contextmanager
 def control_plane(folder: Path, garbage_collector: bool = True) -> Iterator[Cluster]:
+    require_control_plane()  # "not run, because ..." without ../shared/tools/k8s, kubectl or root
     env = {**os.environ, "K8S_DIR": str(folder), "APISERVER_PORT": str(free_port()), "ETCD_PORT": str(free_port())}
     subprocess.run([str(TOOLS / "ensure.sh")], check=True, capture_output=True, env=env)
     started = subprocess.run([str(TOOLS / "start.sh")], capture_output=True, text=True, env=env)

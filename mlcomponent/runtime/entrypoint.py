@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
 import inspect
 import os
+import pkgutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -22,31 +25,128 @@ def apply_env(env: Mapping[str, str]) -> None:
     os.environ.update(env)
 
 
+# Modules the examples import, and the distribution that provides each (for a one-line hint).
+EXAMPLE_PACKAGES = {"sklearn": "scikit-learn", "joblib": "joblib", "numpy": "numpy", "PIL": "pillow"}
+
+
 def load_entry_point(python_path: Path, dotted: str) -> InferenceFunction:
-    """Import and check the function; every failure says why, at start-up."""
+    """Import and check the function; every failure says why, at start-up, with a did-you-mean."""
     if not python_path.is_dir():
-        raise EntryPointError(f"pythonPath {str(python_path)!r} is not a folder; it is relative to the manifest's folder")
+        raise EntryPointError(f"pythonPath {str(python_path)!r} is not a folder; it is relative to the manifest's "
+                              f"folder{_did_you_mean(python_path.name, _folders(python_path.parent), str(python_path.parent))}")
     if str(python_path) not in sys.path:
         sys.path.insert(0, str(python_path))
     module_name, _, function_name = dotted.rpartition(".")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
+        missing = error.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
             raise EntryPointError(
                 f"cannot import module {module_name!r} for pythonFunction {dotted!r}: no module named "
-                f"{error.name!r} under pythonPath {str(python_path)!r}") from None
+                f"{missing!r} under pythonPath {str(python_path)!r}{_module_suggestion(python_path, dotted, missing)}"
+            ) from None
+        if missing:
+            raise EntryPointError(_missing_dependency(module_name, missing)) from None
         raise EntryPointError(f"importing {module_name!r} failed: {error}\n{traceback.format_exc()}") from None
     except Exception as error:  # noqa: BLE001 - any import-time failure is reported whole
         raise EntryPointError(f"importing {module_name!r} failed: {type(error).__name__}: {error}\n"
                               f"{traceback.format_exc()}") from None
     function = getattr(module, function_name, None)
     if function is None:
-        raise EntryPointError(f"module {module_name!r} has no attribute {function_name!r} (pythonFunction {dotted!r})")
+        functions = [name for name, value in vars(module).items() if callable(value) and not name.startswith("_")]
+        close = difflib.get_close_matches(function_name, functions, n=1, cutoff=0.6)
+        hint = f"; did you mean {module_name + '.' + close[0]!r}?" if close else (
+            f" (its functions: {', '.join(sorted(functions))})" if functions else "")
+        raise EntryPointError(f"module {module_name!r} has no attribute {function_name!r} (pythonFunction {dotted!r}){hint}")
     if not callable(function):
         raise EntryPointError(f"{dotted!r} is a {type(function).__name__}, not a function")
     check_signature(function, dotted)
     return function  # type: ignore[no-any-return]
+
+
+def unchecked_reason(python_path: Path, module_root: Path, dotted: str) -> str | None:
+    """Why the entry point cannot be checked on this machine, or None when it can.
+
+    It can be checked whenever its package can be found (under pythonPath or installed),
+    and whenever the module's code is here at all (Python files under pythonPath, or beside
+    a pythonPath that is not there): then a name that does not import is a mistake, not a
+    missing checkout. Only a manifest on its own, away from any code, is left unchecked.
+    """
+    if python_path.is_dir():
+        if _find_spec(dotted.split(".")[0], python_path) or _holds_python(python_path):
+            return None
+    elif _holds_python(module_root) or _holds_python(python_path.parent):
+        return None  # a pythonPath that is not there, beside code that is: a typo
+    return (f"no Python code under pythonPath {str(python_path)!r} or beside the manifest "
+            "(a manifest checked on its own)")
+
+
+def _find_spec(name: str, folder: Path | None) -> bool:
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _holds_python(folder: Path) -> bool:
+    """Python files in the folder or one level down (a package, even without __init__.py)."""
+    try:
+        return any(True for _ in folder.glob("*.py")) or any(True for _ in folder.glob("*/*.py"))
+    except OSError:
+        return False
+
+
+def _folders(parent: Path) -> list[str]:
+    try:
+        return [child.name for child in parent.iterdir() if child.is_dir() and not child.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _modules_in(folders: list[str]) -> list[str]:
+    """Importable names in these folders: modules, packages, and folders holding Python files."""
+    names: set[str] = set()
+    for folder in folders:
+        names.update(info.name for info in pkgutil.iter_modules([folder]))
+        names.update(name for name in _folders(Path(folder)) if name.isidentifier() and _holds_python(Path(folder) / name))
+    return sorted(names)
+
+
+def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {str(Path(prefix) / close[0]) if prefix else close[0]!r}?"
+
+
+def _module_suggestion(python_path: Path, dotted: str, missing: str) -> str:
+    """'; did you mean ...?' with the whole corrected pythonFunction, or the names that are there."""
+    parts = dotted.split(".")
+    index = missing.count(".")
+    parent = ".".join(parts[:index])
+    if parent:
+        try:
+            folders = list(getattr(importlib.import_module(parent), "__path__", []))
+        except Exception:  # noqa: BLE001 - a suggestion is best effort
+            return ""
+    else:
+        folders = [str(python_path)]
+    available = [name for name in _modules_in(folders) if name != "__main__"]
+    close = difflib.get_close_matches(parts[index], available, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {'.'.join(parts[:index] + close + parts[index + 1:])!r}?"
+    return f" (there: {', '.join(available)})" if available else ""
+
+
+def _missing_dependency(module_name: str, missing: str) -> str:
+    top = missing.split(".")[0]
+    hint = f"pip install {EXAMPLE_PACKAGES[top]}, or pip install 'mlcomponent[examples]' for the examples" \
+        if top in EXAMPLE_PACKAGES else f"install the package that provides {top!r}"
+    return (f"importing {module_name!r} failed: it imports {missing!r}, which is not installed in this Python "
+            f"({sys.executable}); {hint}")
 
 
 def check_signature(function: Callable[..., Any], dotted: str) -> None:
