@@ -50,6 +50,14 @@ def test_the_readme_has_runnable_blocks_for_each_step() -> None:
         assert needle in text, f"no runnable block has {needle!r} any more; update EXPECTED"
 
 
+def test_the_first_command_is_quiet_and_serves(readme_first_command: Server) -> None:
+    """It set up a fresh .venv, trained and served with no banner, warning block or traceback."""
+    output = readme_first_command.output()
+    assert "Editable installation" not in output and "!!" not in output, output
+    assert "Traceback" not in output, output
+    assert f"serving iris-classifier on {readme_first_command.url}" in output, output
+
+
 def test_the_examples_table_gives_each_example_its_own_port() -> None:
     assert [example for example, _ in TABLE] == ["examples/iris", "examples/iris/table.yaml", "examples/digits"]
     assert TABLE[0][1] == "./scripts/serve-example.sh"

@@ -8,7 +8,7 @@ import pytest
 
 from mlcomponent.errors import ManifestError
 from mlcomponent.manifest import parse_manifest_text
-from tests.support import SEED_MANIFEST, SHARED_SEED_MANIFEST, not_run, run_cli
+from tests.support import SEED_MANIFEST, SHARED_SEED_MANIFEST, free_port, not_run, run_cli
 
 SEED = SEED_MANIFEST.read_text()
 
@@ -133,6 +133,16 @@ def test_a_sub_path_that_leaves_its_box_or_is_odd_is_refused(sub_path: str) -> N
     path = "spec.connectedBoxes[0].mountS3Box.subPath"
     assert any(p.startswith(f"m.yaml:{line_of(text, 'subPath:')}: {path}:") and "relative path inside the box" in p
                for p in found), found
+
+
+def test_serve_refuses_a_sub_path_out_of_its_box_in_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "escape.yaml"
+    manifest.write_text(SEED.replace("subPath: users/developer/file_groups/models", "subPath: ../../etc"))
+    result = run_cli("serve", str(manifest), "--port", str(free_port()), "--data-root", str(tmp_path / "data"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == (f"{manifest}:{line_of(SEED, 'subPath:')}: spec.connectedBoxes[0].mountS3Box.subPath: "
+                             "'../../etc' is not a relative path inside the box (no leading '/', no '.', '..' or "
+                             "empty segments, no '\\')\n")
 
 
 @pytest.mark.parametrize("sub_path", ["", "models", "models/", "users/developer/file_groups/models", ".cache/m", "a..b"])
