@@ -446,15 +446,28 @@ def crd(cel: bool) -> None:
 
 
 @main.command()
-@click.option("--render", "render_only", is_flag=True, required=True, help="Print the objects (apply them yourself).")
-@click.option("--index-url", default="https://pypi.org/simple", show_default=True,
-              help="Package index the operator installs mlcomponent from.")
-def install(render_only: bool, index_url: str) -> None:
-    """Print what installs the operator: namespace, CRD, RBAC, config and Deployment."""
-    from mlcomponent.kubernetes.install import objects
-    from mlcomponent.kubernetes.render import to_yaml
+@click.option("--render", "render_only", is_flag=True, hidden=True,
+              help="Accepted for compatibility: printing the objects is what install does.")
+@click.option("--image", default=None, metavar="IMAGE",
+              help="The operator's image, built from the repository's Containerfile "
+                   "[default: localhost/mlcomponent-operator:VERSION].")
+@click.option("--index-url", default=None, metavar="URL",
+              help="Package index that publishes mlcomponent, for the registry name `python-package-registry`.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="Operator configuration (registries, S3 endpoint, box secrets) for its ConfigMap.")
+def install(render_only: bool, image: str | None, index_url: str | None, config_path: str | None) -> None:
+    """Print what installs the operator (namespace, CRD, RBAC, config, Deployment); pipe it to kubectl apply -f -."""
+    import yaml
 
-    click.echo(to_yaml(objects(index_url=index_url)), nl=False)
+    from mlcomponent.kubernetes.install import IMAGE, install_yaml
+    from mlcomponent.kubernetes.render import OperatorConfig
+
+    try:
+        config = OperatorConfig.load(config_path) if config_path else None
+    except (ValueError, yaml.YAMLError) as error:  # pydantic's ValidationError is a ValueError
+        _fail(f"install: {config_path}: {error}")
+        return
+    click.echo(install_yaml(image or IMAGE, config, index_url), nl=False)
 
 
 @main.command()

@@ -1,12 +1,16 @@
 """A real control plane for tests: ../shared/tools/k8s (kube-apiserver v1.20 + etcd) on free ports.
 
-The garbage collector is started on its own (not the whole controller-manager), so
-owned objects are collected while Deployment status stays what the test patches.
+``control_plane``: the API server with the garbage collector started on its own (not the
+whole controller-manager), so owned objects are collected while Deployment status stays
+what the test patches. ``node_cluster``: the whole controller-manager and a real node
+(node.sh: containerd, kubelet, kube-proxy) whose pods run the images given.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +25,8 @@ from tests.support import ROOT, free_port, stop_group
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
 BIN = Path(os.environ.get("K8S_BIN_DIR", "/var/cache/mlcomponent-k8s/bin"))
+NODE_IP = "10.244.0.1"  # node.sh's bridge: the node's address, reachable from the host and from pods
+BRIDGE = "mlck8s0"
 T = TypeVar("T")
 
 
@@ -41,6 +47,14 @@ class Cluster:
         from kubernetes import client, config
 
         return client.ApiClient(config.new_client_from_config(str(self.kubeconfig)).configuration)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def items(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json", *(["-l", selector] if selector else [])]
+        return list(json.loads(self.kubectl(*args).stdout)["items"])
 
 
 @contextmanager
@@ -68,6 +82,88 @@ def control_plane(folder: Path, garbage_collector: bool = True) -> Iterator[Clus
         subprocess.run([str(TOOLS / "stop.sh")], env=env, capture_output=True)
 
 
+def node_prerequisites() -> str | None:
+    """Why this machine cannot run node.sh's pods, or None when it can."""
+    if not TOOLS.is_dir():
+        return f"{TOOLS} is missing (no ../shared beside the checkout)"
+    if os.geteuid() != 0:
+        return "node.sh needs root (containers, a network bridge, iptables)"
+    tools = ("podman", "containerd", "runc", "conntrack", "iptables")
+    if not shutil.which("apt-get") and not all(shutil.which(tool) for tool in tools):
+        return "there is no apt-get to install podman, containerd and runc"
+    return None
+
+
+def _script(name: str, env: dict[str, str], timeout: float = 900) -> str:
+    result = subprocess.run([str(TOOLS / name)], capture_output=True, text=True, env=env, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def bridge_exists() -> bool:
+    return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
+
+
+@contextmanager
+def node_cluster(folder: Path, images: list[str], extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """start.sh (WITH_KCM=1) and node.sh with ``images`` copied into containerd; stop.sh afterwards."""
+    env = {**os.environ, **(extra_env or {}), "K8S_DIR": str(folder), "APISERVER_PORT": str(free_port()),
+           "ETCD_PORT": str(free_port()), "WITH_KCM": "1", "IMAGES": " ".join(images)}
+    _script("ensure.sh", env)
+    try:
+        _script("start.sh", env)
+        _script("node.sh", env)
+        yield Cluster(folder)
+    finally:
+        subprocess.run([str(TOOLS / "stop.sh")], env=env, capture_output=True, timeout=300)
+        if bridge_exists():
+            raise RuntimeError(f"stop.sh left the bridge {BRIDGE} behind (ip link show {BRIDGE})")
+
+
+@contextmanager
+def kubectl_proxy(cluster: Cluster, address: str, log: Path) -> Iterator[str]:
+    """The API server, which listens on loopback only, for pods: `kubectl proxy` on ``address``."""
+    port = free_port()
+    with log.open("ab") as sink:
+        process = subprocess.Popen(["kubectl", "proxy", "--address", address, "--port", str(port),
+                                    "--accept-hosts", "^" + address.replace(".", r"\.") + "$"],
+                                   stdout=sink, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True)
+    url = f"http://{address}:{port}"
+    try:
+        import httpx
+
+        eventually(lambda: httpx.get(url + "/version", timeout=1).status_code == 200, timeout=20,
+                   what=f"kubectl proxy on {url}", retry=(httpx.TransportError,))
+        yield url
+    finally:
+        stop_group(process)
+
+
+def collect_artifacts(cluster: Cluster, folder: Path, namespaces: list[str], logs: list[Path]) -> None:
+    """What explains a failure: objects, events, `kubectl describe` and every container's logs."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(name: str, *args: str) -> None:
+        result = cluster.kubectl(*args, check=False)
+        (folder / name).write_text(result.stdout + result.stderr)
+
+    save("nodes.txt", "describe", "nodes")
+    for namespace in namespaces:
+        save(f"{namespace}-objects.yaml", "get", "mlc,deployments,replicasets,pods,services,endpoints,configmaps",
+             "-n", namespace, "-o", "yaml")
+        save(f"{namespace}-events.txt", "get", "events", "-n", namespace, "--sort-by", ".lastTimestamp")
+        save(f"{namespace}-describe-pods.txt", "describe", "pods", "-n", namespace)
+        for pod in cluster.items("pods", namespace):
+            name = pod["metadata"]["name"]
+            for previous in ("", "--previous"):
+                save(f"{namespace}-{name}-logs{previous}.txt", "logs", name, "-n", namespace, "--all-containers",
+                     "--prefix", "--tail", "200", *([previous] if previous else []))
+    for path in logs:
+        if path.exists():
+            shutil.copy2(path, folder / path.name)
+
+
 @contextmanager
 def operator(cluster: Cluster, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as sink:
@@ -79,19 +175,25 @@ def operator(cluster: Cluster, log: Path, *args: str) -> Iterator[subprocess.Pop
         stop_group(process)
 
 
-def eventually(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy (assertion errors count as not yet)."""
+def eventually(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition",
+               retry: tuple[type[BaseException], ...] = (), explain: Callable[[], str] | None = None) -> T:
+    """Poll ``probe`` until it returns something truthy (assertion errors, and ``retry``, count as not yet).
+
+    ``explain`` says, on time-out, what the state was (say, the component's condition).
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
+    expected: tuple[type[BaseException], ...] = (AssertionError, *retry)
     while time.monotonic() < deadline:
         try:
             value = probe()
             if value:
                 return value
-        except AssertionError as error:
+        except expected as error:
             last = error
         time.sleep(0.2)
-    raise AssertionError(f"{what} not reached in {timeout}s" + (f": {last}" if last else ""))
+    detail = f": {last}" if last else ""
+    raise AssertionError(f"{what} not reached in {timeout}s{detail}" + (f"\n{explain()}" if explain else ""))
 
 
 def is_subset(expected: Any, actual: Any, path: str = "") -> None:

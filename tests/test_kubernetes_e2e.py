@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlcomponent.kubernetes.render import render
+from mlcomponent.kubernetes.render import OperatorConfig, render
 from mlcomponent.manifest import load_manifest
 from tests.k8s import Cluster, control_plane, eventually, is_subset, operator
 from tests.support import SEED_MANIFEST, run_cli
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(600)
 NAMESPACE = "pu-username-pa-bm99"
 NAME = "somename-mlcmp"
 GROUP, VERSION, PLURAL = "unified-platform.cs.hse.ru", "v1", "mlcomponents"
+CONFIG = OperatorConfig(registries={"python-package-registry": "https://packages.example.org/simple"})
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,10 @@ class Operator:
 
     def start(self) -> None:
         self.runs += 1
-        self.process = self.stack.enter_context(operator(self.cluster, self.cluster.folder / f"operator-{self.runs}.log"))
+        config = self.cluster.folder / "operator.yaml"
+        config.write_text(yaml.safe_dump(CONFIG.model_dump(by_alias=True, mode="json")))
+        self.process = self.stack.enter_context(operator(self.cluster, self.cluster.folder / f"operator-{self.runs}.log",
+                                                         "--config", str(config)))
 
     def kill(self) -> None:
         assert self.process is not None
@@ -89,7 +93,7 @@ def test_crd_registers_with_short_name_and_printer_columns(cluster: Cluster) -> 
 
 def test_the_operator_creates_exactly_the_rendered_objects(cluster: Cluster, running_operator: Operator) -> None:
     cluster.kubectl("apply", "-f", str(SEED_MANIFEST))
-    expected = render(load_manifest(SEED_MANIFEST))
+    expected = render(load_manifest(SEED_MANIFEST), CONFIG)
     for obj in expected:
         kind, name = obj["kind"].lower(), obj["metadata"]["name"]
         live = eventually(lambda kind=kind, name=name: get(cluster, kind, name), what=f"{kind} {name}")

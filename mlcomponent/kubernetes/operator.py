@@ -1,13 +1,14 @@
 """The operator (kopf): keep each MLComponent's ConfigMap, Deployment and Service true.
 
-Thin handlers over two pure pieces: ``problems_of`` (the same rules as ``validate``)
-and ``render`` (the same objects as ``mlcomponent render``). Objects are applied with
-server-side apply and owned by the MLComponent, so deleting it deletes them.
+Thin handlers over pure pieces: ``problems_of`` (the same rules as ``validate``),
+``render`` (the same objects as ``mlcomponent render``) and ``status.readiness`` (the
+Ready condition from the Deployment and its pods). Objects are applied with
+server-side apply and owned by the MLComponent, so deleting it deletes them. The
+configuration lives in kopf's ``memo``, set once by ``run``.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 from functools import lru_cache
 from typing import Any
@@ -18,12 +19,14 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from mlcomponent.kubernetes.crd import PLURAL, VERSION
-from mlcomponent.kubernetes.render import MANAGED_BY, OperatorConfig, render, service_url
+from mlcomponent.kubernetes.render import MANAGED_BY, OperatorConfig, UnknownRegistry, render, service_url
+from mlcomponent.kubernetes.status import Readiness, deployment_readiness, readiness, ready_condition
 from mlcomponent.manifest import API_GROUP, Manifest, format_loc, problems_of
 
 FIELD_MANAGER = "mlcomponent-operator"
+LOG_LINES = 10
+REFUSED = {"InvalidSpec", "UnknownPackageRegistry"}  # nothing runs: pod and Deployment events change nothing
 log = logging.getLogger("mlcomponent.operator")
-SETTINGS: dict[str, Any] = {"config": OperatorConfig()}
 
 
 @lru_cache(maxsize=1)
@@ -35,39 +38,10 @@ def _api() -> client.ApiClient:
     return client.ApiClient()
 
 
+@lru_cache(maxsize=1)
 def _dynamic() -> DynamicClient:
+    """Built once: a DynamicClient runs API discovery when it is made."""
     return DynamicClient(_api())
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def ready_condition(status: str, reason: str, message: str, generation: int | None) -> dict[str, Any]:
-    condition: dict[str, Any] = {"type": "Ready", "status": status, "reason": reason, "message": message,
-                                 "lastTransitionTime": _now()}
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return condition
-
-
-def deployment_readiness(deployment: dict[str, Any]) -> tuple[str, str, str]:
-    """(status, reason, message) of the Ready condition, from a Deployment's status."""
-    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    generation = (deployment.get("metadata") or {}).get("generation", 0)
-    wanted = spec.get("replicas", 1)
-    if status.get("observedGeneration", 0) < generation:
-        return "False", "RolloutPending", "the Deployment controller has not seen the latest spec yet"
-    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    progressing = conditions.get("Progressing", {})
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return "False", "ProgressDeadlineExceeded", progressing.get("message", "the rollout is stuck")
-    if wanted == 0:
-        return "False", "ScaledToZero", "the Deployment has 0 replicas"
-    if updated >= wanted and available >= wanted and conditions.get("Available", {}).get("status") == "True":
-        return "True", "DeploymentAvailable", f"{available}/{wanted} replicas available"
-    return "False", "RolloutInProgress", f"{available}/{wanted} replicas available, {updated} updated"
 
 
 def manifest_data(body: Any) -> dict[str, Any]:
@@ -78,11 +52,11 @@ def manifest_data(body: Any) -> dict[str, Any]:
             "spec": dict(body.get("spec") or {})}
 
 
-def _invalid(body: Any, patch: kopf.Patch, message: str) -> kopf.PermanentError:
+def _refuse(body: Any, patch: kopf.Patch, reason: str, message: str) -> kopf.PermanentError:
     generation = body.get("metadata", {}).get("generation")
-    patch.status["conditions"] = [ready_condition("False", "InvalidSpec", message, generation)]
+    patch.status["conditions"] = [ready_condition(Readiness("False", reason, message), generation)]
     patch.status["observedGeneration"] = generation
-    kopf.warn(body, reason="InvalidSpec", message=message)
+    kopf.warn(body, reason=reason, message=message)
     return kopf.PermanentError(message)
 
 
@@ -102,17 +76,45 @@ def apply(obj: dict[str, Any]) -> dict[str, Any]:
     return result.to_dict()  # type: ignore[no-any-return]
 
 
+def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGED_BY}"
+    listed = client.CoreV1Api(_api()).list_namespaced_pod(namespace, label_selector=selector)
+    return [_api().sanitize_for_serialization(pod) for pod in listed.items]
+
+
+def _logs(namespace: str, pod: str, container: str, previous: bool) -> list[str]:
+    """The last lines a container wrote; none when the kubelet has none (a container that never started)."""
+    try:
+        text = client.CoreV1Api(_api()).read_namespaced_pod_log(
+            pod, namespace, container=container, tail_lines=LOG_LINES, previous=previous, _request_timeout=5)
+    except (ApiException, OSError) as error:
+        log.debug("no logs of %s/%s %s: %s", namespace, pod, container, error)
+        return []
+    return str(text).splitlines()[-LOG_LINES:]
+
+
+def current_readiness(namespace: str, name: str, deployment: dict[str, Any]) -> Readiness:
+    pods = _pods(namespace, name)
+    return readiness(deployment, pods, lambda wanted: _logs(namespace, wanted.pod, wanted.container, wanted.previous))
+
+
+def _ready_condition(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
+
+
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     manifest, problems = problems_of(manifest_data(body))
     if problems or manifest is None:
-        raise _invalid(body, patch, "\n".join(f"{format_loc(p.loc)}: {p.message}" for p in problems))
+        raise _refuse(body, patch, "InvalidSpec", "\n".join(f"{format_loc(p.loc)}: {p.message}" for p in problems))
     try:
-        objects = render(manifest, SETTINGS["config"])
+        objects = render(manifest, memo.config)
+    except UnknownRegistry as error:
+        raise _refuse(body, patch, "UnknownPackageRegistry", str(error)) from None
     except ValueError as error:
-        raise _invalid(body, patch, str(error)) from None
+        raise _refuse(body, patch, "InvalidSpec", str(error)) from None
     deployment: dict[str, Any] = {}
     for obj in objects:
         kopf.append_owner_reference(obj, owner=body)
@@ -120,42 +122,58 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         if obj["kind"] == "Deployment":
             deployment = applied
     generation = body["metadata"].get("generation")
-    status, reason, message = deployment_readiness(deployment)
+    state = current_readiness(manifest.metadata.namespace or "default", manifest.metadata.name, deployment)
+    current = _ready_condition((body.get("status") or {}).get("conditions") or [])
     patch.status["observedGeneration"] = generation
     patch.status["url"] = service_url(manifest)
-    patch.status["conditions"] = [ready_condition(status, reason, message, generation)]
+    patch.status["conditions"] = [ready_condition(state, generation, current)]
+
+
+def refresh(namespace: str, name: str, deployment: dict[str, Any] | None = None) -> None:
+    """Carry the Deployment's and its pods' state to the MLComponent's Ready condition."""
+    api = client.CustomObjectsApi(_api())
+    try:
+        parent = api.get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name)
+        if deployment is None:
+            deployment = _api().sanitize_for_serialization(
+                client.AppsV1Api(_api()).read_namespaced_deployment(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return
+        raise kopf.TemporaryError(f"reading MLComponent {name}: {error.reason}", delay=2) from None
+    current = _ready_condition((parent.get("status") or {}).get("conditions") or [])
+    if current.get("reason") in REFUSED:
+        return
+    state = current_readiness(namespace, name, deployment or {})
+    if (current.get("status"), current.get("reason"), current.get("message")) == state:
+        return
+    # the generation reconcile last applied: a pod event between a spec change and its
+    # reconcile must not mark the new generation ready
+    generation = (parent.get("status") or {}).get("observedGeneration")
+    patch = {"status": {"conditions": [ready_condition(state, generation, current)]}}
+    try:
+        api.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, patch)
+    except ApiException as error:
+        raise kopf.TemporaryError(f"updating MLComponent {name} status: {error.reason}", delay=2) from None
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """A Deployment we own changed: carry its readiness to the MLComponent's status."""
+    """A Deployment we own changed: its readiness goes to the MLComponent's status."""
     if type == "DELETED":
         return
     owner = next((ref for ref in body.get("metadata", {}).get("ownerReferences") or []
                   if ref.get("kind") == "MLComponent"), None)
-    if owner is None:
-        return
-    namespace = body["metadata"]["namespace"]
-    api = client.CustomObjectsApi(_api())
-    try:
-        parent = api.get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, owner["name"])
-    except ApiException as error:
-        if error.status == 404:
-            return
-        raise kopf.TemporaryError(f"reading MLComponent {owner['name']}: {error.reason}", delay=2) from None
-    conditions = (parent.get("status") or {}).get("conditions") or []
-    if any(c.get("reason") == "InvalidSpec" for c in conditions):
-        return
-    status, reason, message = deployment_readiness(dict(body))
-    current: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
-    if (current.get("status"), current.get("reason"), current.get("message")) == (status, reason, message):
-        return
-    generation = parent["metadata"].get("generation")
-    patch = {"status": {"conditions": [ready_condition(status, reason, message, generation)]}}
-    try:
-        api.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, owner["name"], patch)
-    except ApiException as error:
-        raise kopf.TemporaryError(f"updating MLComponent {owner['name']} status: {error.reason}", delay=2) from None
+    if owner is not None:
+        refresh(body["metadata"]["namespace"], owner["name"], dict(body))
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def pod_changed(body: kopf.Body, **_: Any) -> None:
+    """A pod of ours changed (a container failed, started, became ready): refresh the status."""
+    name = (body.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/instance")
+    if name:
+        refresh(body["metadata"]["namespace"], name)
 
 
 @kopf.on.startup()
@@ -173,9 +191,13 @@ def in_cluster() -> bool:
 
 
 def run(config_path: str | None, namespaces: list[str], verbose: bool) -> None:
-    SETTINGS["config"] = OperatorConfig.load(config_path)
-    kopf.configure(verbose=verbose)
-    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces,
+    # Without a file: the strict defaults (no registries), never render's preview.
+    settings = OperatorConfig.load(config_path) if config_path else OperatorConfig()
+    kopf.configure(verbose=verbose, log_prefix=True)  # each line names its object: [namespace/name]
+    if not settings.registries and settings.default_index_url is None:
+        log.warning("no package registries configured: every MLComponent will be refused (UnknownPackageRegistry); "
+                    "set `registries` in the file given with --config")
+    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces, memo=kopf.Memo(config=settings),
              liveness_endpoint="http://0.0.0.0:8080/healthz" if in_cluster() else None)
 
 
