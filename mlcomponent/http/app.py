@@ -53,4 +53,4 @@ def create_app(service: Service, metrics: Metrics) -> Gateway:
     app = Starlette(routes=routes(Endpoints(plane, metrics), infer), lifespan=lifespan,
                     exception_handlers={404: _render_error, 405: _render_error, MLComponentError: _render_error,
                                         Exception: _render_error})
-    return Gateway(app, infer, metrics, service.settings.auth_token())
+    return Gateway(app, infer, metrics, service.settings.auth_token(), hide_errors=options.hide_errors)
