@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import logging
 import os
 import pickle
@@ -45,6 +46,59 @@ from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.worker")
 PIPE_GRACE = 2.0  # seconds a dead worker's pipes may stay open (held by a child it left) before they are closed
+
+
+class _Foreign:
+    """Stands in for an object of a class this process cannot import (only to name it in a message)."""
+
+    where = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _Lenient(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception:  # noqa: BLE001 - whatever cannot be imported here becomes a stand-in
+            return type(name, (_Foreign,), {"where": f"{module}.{name}"})
+
+
+def _foreign_in(value: Any, depth: int = 0) -> str | None:
+    if isinstance(value, _Foreign):
+        return value.where
+    if depth > 20:
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        found = _foreign_in(item, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def unreadable_reply(payload: bytes, error: Exception) -> str:
+    """Why a reply could not be unpickled here, naming the output (a class the HTTP process lacks, mostly)."""
+    advice = "return plain values: numbers, strings, lists, dicts or numpy arrays"
+    try:
+        reply = _Lenient(io.BytesIO(payload)).load()
+    except Exception:  # noqa: BLE001 - not even leniently: say what failed
+        reply = None
+    outputs = reply[1] if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ok" else None
+    for index, item in enumerate(outputs if isinstance(outputs, (list, tuple)) else []):
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            found = _foreign_in(value)
+            if found:
+                name = item.get("name") if isinstance(item.get("name"), str) else f"outputs[{index}]"
+                return (f"inference output {name!r}: its `{key}` holds a {found} object, which the service cannot "
+                        f"read back (its class exists only where the function runs); {advice}")
+    return f"inference returned outputs the service cannot read back ({type(error).__name__}: {error}); {advice}"
 
 
 def _describe_exit(code: int | None) -> str:
@@ -82,6 +136,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         # How this worker ends, when the runner knows better than its exit status:
         self.memory_peak: int | None = None  # over the memory limit (its own report, or our watch)
         self.retiring = False  # it said "memory" and exits by itself: no call of its is running
+        self.stopped_because: str | None = None  # we killed it, and why
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -97,9 +152,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
             try:
                 message = pickle.loads(bytes(buffer[HEADER.size:end]))
             except Exception as error:  # noqa: BLE001 - any unpickling failure is that call's alone
-                message = ("bad_return", "inference returned outputs the service cannot read back "
-                                         f"({type(error).__name__}: {error}); return plain values: numbers, "
-                                         "strings, lists, dicts or numpy arrays")
+                message = ("bad_return", unreadable_reply(bytes(buffer[HEADER.size:end]), error))
             del buffer[:end]
             if self.hello.done():
                 self.on_message(message)
@@ -111,7 +164,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         asyncio.get_running_loop().call_later(PIPE_GRACE, self.close_pipes)
 
     def close_pipes(self) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None:
             return
         for fd in (0, 1):
             pipe = self.transport.get_pipe_transport(fd)
@@ -249,6 +302,8 @@ class ProcessRunner:
     def _describe_death(self, pipe: WorkerProtocol) -> tuple[str, bool]:
         """How the worker ended, and whether that was the kernel's OOM killer (by its count of kills)."""
         code = pipe.returncode
+        if pipe.stopped_because is not None:
+            return f"stopped: {pipe.stopped_because}", False
         if code != -signal.SIGKILL:
             return _describe_exit(code), False
         kills = memory.oom_kills()
@@ -283,6 +338,7 @@ class ProcessRunner:
     def _stop_overdue(self, pipe: WorkerProtocol) -> None:
         """The running call is past its deadline: not ready until the worker is replaced."""
         self._replacing_overdue = True
+        pipe.stopped_because = "a call ran past its deadline"
         log.warning("a call to %s ran past its deadline; stopping its worker (pid %s) and starting a new one",
                     self.name, self.pid)
         pipe.kill()

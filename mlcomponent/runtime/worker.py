@@ -99,7 +99,7 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
         outputs, model = result
         try:
             write_frame(sink, ("ok", as_plain(outputs)))  # numpy at any depth becomes lists here
-        except (pickle.PicklingError, TypeError, AttributeError) as error:
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as error:
             write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
 
