@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -170,6 +172,18 @@ def test_twenty_concurrent_requests_each_get_their_own_file(local_files: Server)
 # --------------------------------------------------------------------------- the examples, local and S3
 
 
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` blank pixels: a few KB that decode to width*height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    packed = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", packed) + chunk(b"IEND", b""))
+
+
 def test_digits_example_on_local_boxes_multipart_and_key(samples: Path) -> None:
     with serve(DIGITS / "mlcomponent.yaml", data_root=samples / "data") as server:
         wait_ready(server)
@@ -183,6 +197,22 @@ def test_digits_example_on_local_boxes_multipart_and_key(samples: Path) -> None:
                 again = client.post("/v2/models/digits/infer", json={"inputs": [
                     {"name": "image", "datatype": "FILE", "shape": [1], "data": [key], "content_type": "image/png"}]})
                 assert again.json()["outputs"][0]["data"] == [digit]
+            pid = psutil.Process(server.process.pid)
+            before = sum(p.memory_info().rss for p in pid.children(recursive=True))
+            bad = {"empty": (b"", "the image file is empty"),
+                   "garbage": (os.urandom(3000), "not an image this model can read"),
+                   "bomb": (png_bomb(13_000, 13_000), "the image is too large: at most 16,777,216 pixels"),
+                   "big": (png_bomb(5_000, 5_000), "at most 16,777,216 pixels (e.g. 4096x4096) are accepted; this one "
+                                                   "is 5000x5000"),
+                   "truncated": ((samples / "png" / "digit-1.png").read_bytes()[:120], "damaged or truncated")}
+            for name, (content, needle) in bad.items():
+                refused = client.post("/v2/models/digits/infer", files={"image": (f"{name}.png", content, "image/png")})
+                assert refused.status_code == 400, (name, refused.text)
+                assert needle in refused.json()["error"], (name, refused.text)
+                assert "uploaded_files" not in refused.text
+            grown = sum(p.memory_info().rss for p in pid.children(recursive=True)) - before
+            assert grown < 100 * MB, f"the workers grew by {grown / MB:.0f} MB on refused images"
+            assert client.get("/v2/health/ready").status_code == 200
 
 
 def test_digits_example_on_s3_with_the_model_synced_from_its_box(samples: Path, s3: S3Endpoint,
@@ -223,6 +253,14 @@ def test_table_example_csv_in_csv_out(samples: Path, s3: S3Endpoint, tmp_path: P
     with serve(IRIS / "table.yaml", *args, data_root=data_root, env=env) as server:
         wait_ready(server)
         with server.client() as client:
+            bad = {"empty": (b"", "the table is empty"),
+                   "binary": (b"\xff\xfe" + os.urandom(500), "not UTF-8 text"),
+                   "columns": (b"a,b\n1,2\n", "lacks the column(s) sepal_length"),
+                   "text": (table.replace(b"5.7", b"tall"), "line 3, column sepal_length: 'tall' is not a number"),
+                   "nan": (table.replace(b"5.7", b"nan"), "is not a finite number")}
+            for name, (content, needle) in ([] if on_s3 else bad.items()):
+                refused = client.post("/v2/models/iris-table/infer", files={"table": (f"{name}.csv", content, "text/csv")})
+                assert refused.status_code == 400 and needle in refused.json()["error"], (name, refused.text)
             response = client.post("/v2/models/iris-table/infer", files={"table": ("flowers.csv", table, "text/csv")})
             assert response.status_code == 200, response.text
             outputs = {o["name"]: o for o in response.json()["outputs"]}
