@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -138,13 +139,52 @@ def test_a_refused_or_failed_output_leaves_no_files_and_no_output_objects(local_
     assert list(files_root(local_files).iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["normal", "escape", "raise"])
+def test_the_request_folder_is_gone_before_the_answer_starts(tmp_path: Path, mode: str) -> None:
+    """Deterministic, in-process: the endpoint's ``send`` looks at the folder the moment the answer starts."""
+    import asyncio
+    import importlib.util
+
+    from mlcomponent.boxes.local import LocalBox
+    from mlcomponent.http.infer import InferEndpoint
+    from mlcomponent.runtime.dataplane import DataPlane
+    from mlcomponent.runtime.health import Health
+    from mlcomponent.runtime.runner import InProcessRunner
+    from mlcomponent.spec.model import UNDECLARED
+
+    loaded = importlib.util.spec_from_file_location("files_echo", ROOT / "tests/fixtures/entrypoints/files_echo.py")
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    box = LocalBox("users", tmp_path / "box")
+    (tmp_path / "box" / "inbox").mkdir(parents=True)
+    (tmp_path / "box" / "inbox" / "a.txt").write_text("a")
+    root = tmp_path / "requests"
+    root.mkdir()
+    plane = DataPlane(MODEL, InProcessRunner(module.inference, UNDECLARED, "key"), box, root)
+    plane.health = Health.READY
+    body = orjson.dumps({"inputs": [file_input("inbox/a.txt")], "outputs": [COPY], "parameters": {"mode": mode}})
+    seen: list[tuple[int, list[Path]]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            seen.append((int(str(message["status"])), list(root.iterdir())))
+
+    scope = {"type": "http", "method": "POST", "path": INFER, "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(InferEndpoint(plane, MB, MB)(scope, receive, send))  # type: ignore[arg-type]
+    assert seen == [(200 if mode == "normal" else 500, [])]
+
+
 def test_downloads_only_serve_files_this_service_wrote(local_files: Server) -> None:
     box = users_box(local_files)
     (box / "private").mkdir(parents=True, exist_ok=True)
     (box / "private" / "p.txt").write_text("secret")
     with local_files.client() as client:
         foreign = client.get(f"/v2/models/{MODEL}/files/private/p.txt")
-        assert foreign.status_code == 404 and "only files this service wrote" in foreign.json()["error"]
+        assert foreign.status_code == 404 and "only outputs this service wrote" in foreign.json()["error"]
         missing = client.get(f"/v2/models/{MODEL}/files/mlcomponent/{MODEL}/outputs/nothing/x.txt")
         assert missing.status_code == 404
         dotted = client.get(f"/v2/models/{MODEL}/files/mlcomponent/{MODEL}/%2E%2E/%2E%2E/private/p.txt")
