@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import S3Endpoint
 from tests.support import serve, write_manifest
