@@ -98,7 +98,7 @@ def test_a_call_past_the_memory_limit_names_it_and_the_next_call_works(hostile: 
     response = call(hostile, do, headers=AUTH, **params)
     assert response.status_code == 500, response.text
     message = response.json()["error"]
-    assert "went over the memory limit (resourceLimits.memory = 256M)" in message, message
+    assert "went over the memory limit (resourceLimits.memory = 256M, 244 MiB)" in message, message
     after = call(hostile, "pid", headers=AUTH)
     assert after.status_code == 200
     assert after.json()["outputs"][0]["data"][0] != before_pid, "the worker was not replaced"
@@ -109,7 +109,7 @@ def test_a_kill_by_the_kernel_is_reported_with_the_memory_limit(hostile: Server)
     response = call(hostile, "oom", headers=AUTH)
     assert response.status_code == 500
     message = response.json()["error"]
-    assert "killed by SIGKILL" in message and "resourceLimits.memory = 256M" in message, message
+    assert "killed by SIGKILL" in message and "resourceLimits.memory = 256M, 244 MiB" in message, message
     assert call(hostile, headers=AUTH).status_code == 200
 
 

@@ -254,7 +254,7 @@ class ProcessRunner:
         except ConnectionError:
             self._starting = None
             if pipe.memory_peak is not None:
-                how = f"went over the memory limit ({self._limit_text()}, {pipe.memory_peak / memory.MB:.0f} MB)"
+                how = f"went over the memory limit ({self._limit_text()}; it reached {pipe.memory_peak / memory.MB:.0f} MiB)"
             else:
                 how = self._describe_death(pipe)[0]
             self._fail_pending(f"the worker process {how} while loading {self.config.function}")
@@ -292,12 +292,14 @@ class ProcessRunner:
     def _memory_error(self, peak: int) -> MemoryLimitExceeded:
         return MemoryLimitExceeded(
             f"inference went over the memory limit ({self._limit_text()}): its worker process reached "
-            f"{peak / memory.MB:.0f} MB; it was stopped and is being restarted, and the model reloaded")
+            f"{peak / memory.MB:.0f} MiB; it was stopped and is being restarted, and the model reloaded")
 
     def _limit_text(self) -> str:
         limit = self.config.memory_limit
-        label = self.memory_label or (f"{limit / memory.MB:.0f} MB" if limit else None)
-        return f"resourceLimits.memory = {label}" if label else "no memory limit is set"
+        if limit is None:
+            return "no memory limit is set"
+        mib = f"{limit / memory.MB:.0f} MiB"
+        return f"resourceLimits.memory = {self.memory_label}, {mib}" if self.memory_label else f"limit {mib}"
 
     def _describe_death(self, pipe: WorkerProtocol) -> tuple[str, bool]:
         """How the worker ended, and whether that was the kernel's OOM killer (by its count of kills)."""
@@ -327,7 +329,7 @@ class ProcessRunner:
             return
 
         def over(rss: int) -> None:
-            log.warning("worker for %s (pid %s) uses %.0f MB, over the memory limit (%s); stopping it",
+            log.warning("worker for %s (pid %s) uses %.0f MiB, over the memory limit (%s); stopping it",
                         self.name, pid, rss / memory.MB, self._limit_text())
             pipe.memory_peak = rss
             pipe.kill()

@@ -127,8 +127,8 @@ def main() -> int:
         write_frame(sink, ("fatal", f"{config.function}: docstring specification: {error}"))
         return 1
     if config.memory_limit is not None and peak_rss() > config.memory_limit:
-        write_frame(sink, ("fatal", f"importing {config.function} took {peak_rss() / MB:.0f} MB, over the memory "
-                                    f"limit of {config.memory_limit / MB:.0f} MB (resourceLimits.memory; "
+        write_frame(sink, ("fatal", f"importing {config.function} took {peak_rss() / MB:.0f} MiB, over the memory "
+                                    f"limit of {config.memory_limit / MB:.0f} MiB (resourceLimits.memory; "
                                     "--no-limits lifts it locally)"))
         return 1
     write_frame(sink, ("ready", spec))
