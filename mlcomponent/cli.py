@@ -119,7 +119,8 @@ def validate(manifest: str) -> None:
               "request files. Default: data/ beside the manifest.")
 @click.option("--boxes", type=click.Path(dir_okay=False, exists=True), help="YAML mapping box names to S3 or folders.")
 @click.option("--workers", type=int, help="Worker processes. Default: the manifest's cpu limit in whole cores.")
-@click.option("--timeout", type=float, help="Deadline per request, in seconds (504 past it).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Deadline per request, in seconds (504 past it); 0: none.")
 @click.option("--max-queue", default=64, show_default=True, type=int, help="Requests waiting per worker before 503.")
 @click.option("--max-json-body", default=64, show_default=True, type=int, help="JSON body limit, MB.")
 @click.option("--max-upload", default=1024, show_default=True, type=int, help="File upload limit, MB.")
@@ -133,31 +134,51 @@ def validate(manifest: str) -> None:
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
+@click.option("--no-limits", is_flag=True, help="Do not hold the manifest's memory limit on the inference worker.")
+@click.option("--hide-errors", is_flag=True, help="Answer a failed call with its exception type and request id "
+              "only; the message goes to the log.")
+@click.option("--keep-files", default="24h", show_default=True, metavar="DURATION",
+              help="How long the file box keeps uploads and outputs (e.g. 30m, 24h, 7d, forever).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds a request's headers may take to arrive.")
+@click.option("--body-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds a request's body may stop arriving.")
+@click.option("--max-connections", type=int, help="Open connections per worker. Default: half the open-file limit.")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
-          isolate: bool, reload: bool) -> None:
+          isolate: bool, reload: bool, no_limits: bool, hide_errors: bool, keep_files: str, header_timeout: float,
+          body_timeout: float, max_connections: int | None) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
     import uvicorn
 
+    from mlcomponent.http.connections import PROTOCOL
     from mlcomponent.http.server import run as run_server
     from mlcomponent.logs import configure_logging
+    from mlcomponent.runtime.retention import sweep_request_folders
     from mlcomponent.runtime.service import check_entry_point
-    from mlcomponent.settings import OPTIONS_ENV
+    from mlcomponent.settings import OPTIONS_ENV, parse_duration
+
+    try:
+        keep_seconds = parse_duration(keep_files)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--keep-files") from None
 
     options = ServeOptions(
         manifest=str(Path(manifest).resolve()), module_root=str(Path(module_root).resolve()) if module_root else None,
         host=host, port=port,
         data_root=str(Path(data_root).resolve()) if data_root else None,
-        boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout,
+        boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout or None,
         max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
         max_inputs=max_inputs, max_elements=max_elements,
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
-        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate)
+        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
+        hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
+        max_connections=max_connections)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
@@ -165,6 +186,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         _check_writable(settings.data_root)
         asyncio.run(check_entry_point(settings))
         _sync_mounts(settings)
+        sweep_request_folders(settings.files_root())  # left by a process killed mid-request; nothing serves yet
     except ManifestError as error:
         _fail(error.problems)
     except EntryPointError as error:
@@ -177,7 +199,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     click.echo(f"serving {settings.model_name} on http://{host}:{port} "
                f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
-        "mlcomponent.http.factory:app", factory=True, host=host, port=port,
+        "mlcomponent.http.factory:app", factory=True, host=host, port=port, http=PROTOCOL,
         workers=1 if reload else settings.workers, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(grace_period), reload=reload,
         reload_dirs=[str(settings.module_root)] if reload else None,

@@ -4,13 +4,16 @@ The hierarchy, so one handler can render every one of them as ``{"error": ...}``
 
     MLComponentError (500)
     ├── BadRequest (400)            the client sent something we cannot serve
-    │   └── SpecViolation (400)     the request breaks the docstring specification
+    │   ├── SpecViolation (400)     the request breaks the docstring specification
+    │   └── InvalidInput (400)      raised by an inference function: "this input is bad"
+    │                               (exported as ``mlcomponent.InvalidInput``; also a ValueError)
     ├── NotFound (404)              unknown model, file or route
     ├── MethodNotAllowed (405)      a route that exists, with another method (Allow says which)
     ├── PayloadTooLarge (413)       a body or upload over its limit
     ├── FunctionFailed (500)        the user's inference function raised
     ├── BadFunctionOutput (500)     the function returned something malformed
     ├── WorkerDied (500)            the worker process running the function died
+    │   └── MemoryLimitExceeded (500)  ... because it went over the memory limit
     ├── NotReady (503)              the model is not loaded yet (or overloaded)
     └── Timeout (504)               the call ran past its deadline
 
@@ -44,6 +47,25 @@ class SpecViolation(BadRequest):
     status = 400
 
 
+class InvalidInput(BadRequest, ValueError):
+    """Raise it in an inference function to reject the request's input: the client gets a 400.
+
+        from mlcomponent import InvalidInput
+
+        if not rows:
+            raise InvalidInput("the table has no rows")
+
+    The message goes to the client as it is (also with ``serve --hide-errors``), so say
+    what is wrong with the input and how to fix it. It is a ``ValueError`` too, so code
+    that already catches ``ValueError`` keeps working.
+    """
+
+    status = 400
+
+    def __init__(self, message: str = "the input is not valid") -> None:
+        super().__init__(str(message))
+
+
 class NotFound(MLComponentError):
     status = 404
 
@@ -61,7 +83,13 @@ class PayloadTooLarge(MLComponentError):
 
 
 class FunctionFailed(MLComponentError):
+    """The function raised; ``exception_type`` names what (shown alone with ``--hide-errors``)."""
+
     status = 500
+
+    def __init__(self, message: str, *, exception_type: str = "Exception") -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
 
 
 class BadFunctionOutput(MLComponentError):
@@ -70,6 +98,10 @@ class BadFunctionOutput(MLComponentError):
 
 class WorkerDied(MLComponentError):
     status = 500
+
+
+class MemoryLimitExceeded(WorkerDied):
+    """The worker went over ``resourceLimits.memory`` (our watch, or the kernel's OOM killer)."""
 
 
 class NotReady(MLComponentError):

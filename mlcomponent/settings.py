@@ -16,7 +16,13 @@ from pathlib import Path
 from mlcomponent.manifest import Manifest, load_manifest
 
 OPTIONS_ENV = "MLCOMPONENT_SERVE_OPTIONS"
+FILES_SECRET_ENV = "MLCOMPONENT_FILES_SECRET"
 MB = 1024 * 1024
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_KEEP_FILES = 24 * 3600.0
+# The numeric libraries' thread counts, set from the manifest's cpu limit unless spec.env sets them.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class ServeOptions:
     data_root: str | None = None
     boxes: str | None = None
     workers: int | None = None
-    timeout: float | None = None
+    timeout: float | None = DEFAULT_TIMEOUT  # None (``--timeout 0``): no deadline
     max_queue: int = 64
     max_json_body: int = 64 * MB
     max_upload: int = 1024 * MB
@@ -42,6 +48,12 @@ class ServeOptions:
     auth_token_file: str | None = None
     grace_period: float = 30.0
     isolate: bool = True
+    limits: bool = True  # hold resourceLimits.memory on the inference worker (``--no-limits``: off)
+    hide_errors: bool = False
+    keep_files: float | None = DEFAULT_KEEP_FILES  # seconds; None: kept forever
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int | None = None  # None: from the open-file limit
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -66,6 +78,44 @@ def cpu_cores(quantity: str | None) -> float | None:
         return None
 
 
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def memory_bytes(quantity: str | None) -> int | None:
+    """Bytes in a Kubernetes memory quantity ('256M' -> 256000000, '1Gi' -> 1073741824, '1e9')."""
+    if not quantity:
+        return None
+    text = quantity.strip().lstrip("+")
+    try:
+        if text[-2:] in _BINARY:
+            return int(float(text[:-2]) * _BINARY[text[-2:]])
+        if text[-1:] in _DECIMAL:
+            return int(float(text[:-1]) * _DECIMAL[text[-1:]])
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """``--keep-files``: '24h', '30m', '90s', '2d', a plain number of seconds, or 'forever' (None)."""
+    value = text.strip().lower()
+    if value in ("forever", "never", "off"):
+        return None
+    unit = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 24h, 30m, 90s, 2d or forever") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r} must be a positive duration (or forever)")
+    return seconds
+
+
 def default_workers(manifest: Manifest, available: int | None = None) -> int:
     """One worker per whole core of the cpu limit (at least one, at most the cores here)."""
     limits = manifest.spec.image.resource_limits
@@ -84,6 +134,8 @@ class Settings:
     data_root: Path
     workers: int
     environ: Mapping[str, str] = field(repr=False, default_factory=dict)
+    token: str | None = field(repr=False, default=None)  # read once at start (it is then hidden from user code)
+    files_secret: str | None = field(repr=False, default=None)  # MLCOMPONENT_FILES_SECRET, read once
 
     @classmethod
     def build(cls, options: ServeOptions, environ: Mapping[str, str]) -> Settings:
@@ -97,6 +149,8 @@ class Settings:
             data_root=data_root,
             workers=options.workers or default_workers(manifest),
             environ=environ,
+            token=read_auth_token(options, environ),
+            files_secret=environ.get(FILES_SECRET_ENV) or None,
         )
 
     @property
@@ -126,8 +180,58 @@ class Settings:
         return self.data_root / "files" / declared.relative_to(declared.anchor)
 
     def auth_token(self) -> str | None:
-        if self.options.auth_token_file:
-            return Path(self.options.auth_token_file).read_text().strip() or None
-        if self.options.auth_token_env:
-            return self.environ.get(self.options.auth_token_env) or None
-        return None
+        return self.token
+
+    @property
+    def secret_env_names(self) -> frozenset[str]:
+        """Variables user code never sees: the bearer token's and the file-link secret's."""
+        return frozenset(name for name in (self.options.auth_token_env, FILES_SECRET_ENV) if name)
+
+    @property
+    def memory_limit(self) -> int | None:
+        """``resourceLimits.memory`` in bytes: the inference worker's cap (None with ``--no-limits``)."""
+        limits = self.manifest.spec.image.resource_limits
+        if not self.options.limits or limits is None:
+            return None
+        return memory_bytes(limits.memory)
+
+    @property
+    def thread_env(self) -> dict[str, str]:
+        """OMP_NUM_THREADS and its kin from the cpu limit (per worker), unless spec.env or the environment sets them."""
+        limits = self.manifest.spec.image.resource_limits
+        cores = cpu_cores(limits.cpu if limits else None)
+        if cores is None:
+            return {}
+        threads = str(max(1, math.floor(cores / max(1, self.workers))))
+        manifest_env = self.manifest_env
+        return {name: threads for name in THREAD_VARIABLES if name not in manifest_env and name not in self.environ}
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """What the inference worker's environment gets before the module is imported."""
+        return {**self.thread_env, **self.manifest_env}
+
+
+def read_auth_token(options: ServeOptions, environ: Mapping[str, str]) -> str | None:
+    """The bearer token; a token variable or file that is missing or empty refuses to start (ValueError)."""
+    if options.auth_token_file:
+        path = Path(options.auth_token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+            raise ValueError(f"--auth-token-file {path}: cannot read the token: {reason}") from None
+        if not token:
+            raise ValueError(f"--auth-token-file {path} is empty; put the bearer token in it")
+        return token
+    if options.auth_token_env:
+        name = options.auth_token_env
+        if name not in environ:
+            raise ValueError(f"--auth-token-env {name}: the environment variable {name} is not set; "
+                             "set it to the bearer token")
+        token = environ[name].strip()
+        if not token:
+            raise ValueError(f"--auth-token-env {name}: the environment variable {name} is empty; "
+                             "set it to the bearer token")
+        return token
+    return None

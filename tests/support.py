@@ -106,8 +106,12 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path, deadl
 
 @contextmanager
 def serve(manifest: Path, *args: str, data_root: Path | None = None, env: dict[str, str] | None = None,
-          wait_path: str = "/v2/health/live", cwd: Path | None = None) -> Iterator[Server]:
-    """Run `mlcomponent serve` in a subprocess on a free port; stop it (SIGTERM) afterwards."""
+          wait_path: str = "/v2/health/live", cwd: Path | None = None,
+          open_files: int | None = None) -> Iterator[Server]:
+    """Run `mlcomponent serve` in a subprocess on a free port; stop it (SIGTERM) afterwards.
+
+    ``open_files`` lowers the server's limit of open files (RLIMIT_NOFILE, soft and hard).
+    """
     port = free_port()
     log = (data_root or manifest.parent) / f"server-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +119,20 @@ def serve(manifest: Path, *args: str, data_root: Path | None = None, env: dict[s
                               *(["--data-root", str(data_root)] if data_root else []), *args]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+                                   env={**os.environ, **(env or {})}, start_new_session=True,
+                                   preexec_fn=None if open_files is None else lambda: limit_open_files(open_files))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_live(url, process, log, path=wait_path)
         yield Server(url, process, log, data_root or manifest.parent / "data")
     finally:
         stop_group(process)
+
+
+def limit_open_files(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:

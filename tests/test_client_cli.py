@@ -185,12 +185,23 @@ def test_cli_reports_the_service_error_and_exits_non_zero(echo: Server) -> None:
     assert result.returncode == 1 and "unknown model 'missing'" in result.stderr
 
 
-def test_connection_failures_before_sending_are_retried_then_reported() -> None:
-    port = free_port()  # nothing listens here
-    started = time.monotonic()
-    with Client(f"http://127.0.0.1:{port}", model="m", retries=2) as client, pytest.raises(ServiceUnavailable):
+def test_connection_failures_before_sending_are_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from httpcore._backends.sync import SyncBackend
+
+    attempts: list[int] = []
+    connect = SyncBackend.connect_tcp
+
+    def counted(self: SyncBackend, host: str, port: int, *args: object, **kwargs: object) -> object:
+        attempts.append(port)
+        return connect(self, host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SyncBackend, "connect_tcp", counted)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the transport's back-off between tries
+    port = free_port()  # nothing listens here: every attempt fails to connect, before anything is sent
+    with Client(f"http://127.0.0.1:{port}", model="m", retries=2) as client, \
+            pytest.raises(ServiceUnavailable, match="cannot connect"):
         client.infer([{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}])
-    assert time.monotonic() - started < 10
+    assert attempts == [port] * 3  # the first try and two retries, then the error
 
 
 def test_a_request_that_may_have_run_is_not_sent_again(behaviours: tuple[Server, Path]) -> None:

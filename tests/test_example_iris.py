@@ -40,7 +40,16 @@ def test_example_predicts_the_right_species(iris: Server) -> None:
     assert outputs["class_index"] == {"name": "class_index", "datatype": "INT32", "shape": [3], "data": [0, 1, 2]}
 
 
+def test_example_refuses_an_empty_batch_with_a_400(iris: Server) -> None:
+    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [0, 4], "data": []}]}
+    with iris.client() as client:
+        response = client.post("/v2/models/iris-classifier/infer", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "features has no rows (shape [0, 4]); send at least one row of four measurements"
+
+
 def test_example_parameter_and_env_change_the_answer(iris: Server) -> None:
+    """The manifest's spec.env says IRIS_UNSURE_LABEL=unsure; without it the module answers "?"."""
     body = {"parameters": {"min_confidence": 1.0}, "outputs": [{"name": "label"}, {"name": "probabilities"}],
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [5.7, 2.8, 4.1, 1.3]}]}
     with iris.client() as client:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -136,13 +139,52 @@ def test_a_refused_or_failed_output_leaves_no_files_and_no_output_objects(local_
     assert list(files_root(local_files).iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["normal", "escape", "raise"])
+def test_the_request_folder_is_gone_before_the_answer_starts(tmp_path: Path, mode: str) -> None:
+    """Deterministic, in-process: the endpoint's ``send`` looks at the folder the moment the answer starts."""
+    import asyncio
+    import importlib.util
+
+    from mlcomponent.boxes.local import LocalBox
+    from mlcomponent.http.infer import InferEndpoint
+    from mlcomponent.runtime.dataplane import DataPlane
+    from mlcomponent.runtime.health import Health
+    from mlcomponent.runtime.runner import InProcessRunner
+    from mlcomponent.spec.model import UNDECLARED
+
+    loaded = importlib.util.spec_from_file_location("files_echo", ROOT / "tests/fixtures/entrypoints/files_echo.py")
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    box = LocalBox("users", tmp_path / "box")
+    (tmp_path / "box" / "inbox").mkdir(parents=True)
+    (tmp_path / "box" / "inbox" / "a.txt").write_text("a")
+    root = tmp_path / "requests"
+    root.mkdir()
+    plane = DataPlane(MODEL, InProcessRunner(module.inference, UNDECLARED, "key"), box, root)
+    plane.health = Health.READY
+    body = orjson.dumps({"inputs": [file_input("inbox/a.txt")], "outputs": [COPY], "parameters": {"mode": mode}})
+    seen: list[tuple[int, list[Path]]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            seen.append((int(str(message["status"])), list(root.iterdir())))
+
+    scope = {"type": "http", "method": "POST", "path": INFER, "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(InferEndpoint(plane, MB, MB)(scope, receive, send))  # type: ignore[arg-type]
+    assert seen == [(200 if mode == "normal" else 500, [])]
+
+
 def test_downloads_only_serve_files_this_service_wrote(local_files: Server) -> None:
     box = users_box(local_files)
     (box / "private").mkdir(parents=True, exist_ok=True)
     (box / "private" / "p.txt").write_text("secret")
     with local_files.client() as client:
         foreign = client.get(f"/v2/models/{MODEL}/files/private/p.txt")
-        assert foreign.status_code == 404 and "only files this service wrote" in foreign.json()["error"]
+        assert foreign.status_code == 404 and "only outputs this service wrote" in foreign.json()["error"]
         missing = client.get(f"/v2/models/{MODEL}/files/mlcomponent/{MODEL}/outputs/nothing/x.txt")
         assert missing.status_code == 404
         dotted = client.get(f"/v2/models/{MODEL}/files/mlcomponent/{MODEL}/%2E%2E/%2E%2E/private/p.txt")
@@ -170,6 +212,18 @@ def test_twenty_concurrent_requests_each_get_their_own_file(local_files: Server)
 # --------------------------------------------------------------------------- the examples, local and S3
 
 
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` blank pixels: a few KB that decode to width*height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    packed = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", packed) + chunk(b"IEND", b""))
+
+
 def test_digits_example_on_local_boxes_multipart_and_key(samples: Path) -> None:
     with serve(DIGITS / "mlcomponent.yaml", data_root=samples / "data") as server:
         wait_ready(server)
@@ -183,6 +237,22 @@ def test_digits_example_on_local_boxes_multipart_and_key(samples: Path) -> None:
                 again = client.post("/v2/models/digits/infer", json={"inputs": [
                     {"name": "image", "datatype": "FILE", "shape": [1], "data": [key], "content_type": "image/png"}]})
                 assert again.json()["outputs"][0]["data"] == [digit]
+            pid = psutil.Process(server.process.pid)
+            before = sum(p.memory_info().rss for p in pid.children(recursive=True))
+            bad = {"empty": (b"", "the image file is empty"),
+                   "garbage": (os.urandom(3000), "not an image this model can read"),
+                   "bomb": (png_bomb(13_000, 13_000), "the image is too large: at most 16,777,216 pixels"),
+                   "big": (png_bomb(5_000, 5_000), "at most 16,777,216 pixels (e.g. 4096x4096) are accepted; this one "
+                                                   "is 5000x5000"),
+                   "truncated": ((samples / "png" / "digit-1.png").read_bytes()[:120], "damaged or truncated")}
+            for name, (content, needle) in bad.items():
+                refused = client.post("/v2/models/digits/infer", files={"image": (f"{name}.png", content, "image/png")})
+                assert refused.status_code == 400, (name, refused.text)
+                assert needle in refused.json()["error"], (name, refused.text)
+                assert "uploaded_files" not in refused.text
+            grown = sum(p.memory_info().rss for p in pid.children(recursive=True)) - before
+            assert grown < 100 * MB, f"the workers grew by {grown / MB:.0f} MB on refused images"
+            assert client.get("/v2/health/ready").status_code == 200
 
 
 def test_digits_example_on_s3_with_the_model_synced_from_its_box(samples: Path, s3: S3Endpoint,
@@ -223,6 +293,14 @@ def test_table_example_csv_in_csv_out(samples: Path, s3: S3Endpoint, tmp_path: P
     with serve(IRIS / "table.yaml", *args, data_root=data_root, env=env) as server:
         wait_ready(server)
         with server.client() as client:
+            bad = {"empty": (b"", "the table is empty"),
+                   "binary": (b"\xff\xfe" + os.urandom(500), "not UTF-8 text"),
+                   "columns": (b"a,b\n1,2\n", "lacks the column(s) sepal_length"),
+                   "text": (table.replace(b"5.7", b"tall"), "line 3, column sepal_length: 'tall' is not a number"),
+                   "nan": (table.replace(b"5.7", b"nan"), "is not a finite number")}
+            for name, (content, needle) in ([] if on_s3 else bad.items()):
+                refused = client.post("/v2/models/iris-table/infer", files={"table": (f"{name}.csv", content, "text/csv")})
+                assert refused.status_code == 400 and needle in refused.json()["error"], (name, refused.text)
             response = client.post("/v2/models/iris-table/infer", files={"table": ("flowers.csv", table, "text/csv")})
             assert response.status_code == 200, response.text
             outputs = {o["name"]: o for o in response.json()["outputs"]}

@@ -81,10 +81,11 @@ def test_parameters_arrive_as_name_value_dicts(echo: Server) -> None:
 
 
 def test_env_is_applied_before_import_and_model_key_resolves_through_the_box(echo: Server, tmp_path: Path) -> None:
-    body = {"inputs": [tensor("x", "INT32", [1], [1])], "outputs": [{"name": "model_key"}]}
+    body = {"inputs": [tensor("x", "INT32", [1], [1])], "outputs": [{"name": "model_key"}, {"name": "greeting"}]}
     with echo.client() as client:
-        key = client.post(INFER, json=body).json()["outputs"][0]["data"][0]
+        key, greeting = (o["data"][0] for o in client.post(INFER, json=body).json()["outputs"])
     assert key.endswith("/data/boxes/models/m/model.bin"), key
+    assert greeting == "hi"  # spec.env's GREETING, as the module saw it at import
 
 
 def test_json_without_content_type_is_accepted(echo: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,8 +119,11 @@ def test_a_failing_warm_up_keeps_the_service_not_ready(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, "failing_warmup.inference")
     with serve(manifest, data_root=tmp_path / "data") as server:
         with server.client() as client:
+            deadline = time.monotonic() + 60
             while "warm-up with the docstring's Example failed" not in server.output():
                 assert client.get("/v2/health/live").status_code == 200
+                assert time.monotonic() < deadline, f"the warm-up never failed:\n{server.output()}"
+                time.sleep(0.05)
             assert client.get("/v2/health/ready").status_code == 503
             assert client.get("/v2/health/live").status_code == 200
     assert "FileNotFoundError: no model at" in server.output() and "Traceback" in server.output()

@@ -32,7 +32,10 @@ class PrefixedBox:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         cut = len(self.prefix) + 1
         for info in self.inner.list(self._key(prefix) if prefix else self.prefix):
-            yield ObjectInfo(info.key[cut:], info.size, info.etag)
+            yield ObjectInfo(info.key[cut:], info.size, info.etag, info.modified)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._key(key))
 
     def local_folder(self, prefix: str) -> Path | None:
         return self.inner.local_folder(self._key(prefix) if prefix else self.prefix)

@@ -68,7 +68,9 @@ class S3Box:
             if _missing(error):
                 return None
             raise
-        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
+        modified = head.get("LastModified")
+        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'),
+                          modified.timestamp() if modified is not None else None)
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
         try:
@@ -89,7 +91,16 @@ class S3Box:
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix):]
                 if not key.endswith("/"):
-                    yield ObjectInfo(key, int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+                    modified = item.get("LastModified")
+                    yield ObjectInfo(key, int(item["Size"]), str(item.get("ETag", "")).strip('"'),
+                                     modified.timestamp() if modified is not None else None)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if not _missing(error):
+                raise MLComponentError(f"S3 box {self.name!r}: cannot delete {key!r}: {error}") from None
 
     def local_folder(self, prefix: str) -> Path | None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from mlcomponent.http.responses import error_payload
 from mlcomponent.http.routes import Endpoints, routes
 from mlcomponent.http.server import on_terminate
 from mlcomponent.metrics import Metrics
+from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.service import Service
 
 
@@ -35,6 +37,13 @@ async def _render_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) -> None:
+    """With several workers a scrape reaches one of them: each publishes its own queue (summed: livesum)."""
+    while True:
+        metrics.queued.set(plane.queued)
+        await asyncio.sleep(every)
+
+
 def create_app(service: Service, metrics: Metrics) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
@@ -45,12 +54,15 @@ def create_app(service: Service, metrics: Metrics) -> Gateway:
         if threading.current_thread() is threading.main_thread():
             on_terminate(service.on_terminate)
         await service.start()
+        publisher = asyncio.create_task(publish_queue(plane, metrics)) if metrics.multiprocess else None
         try:
             yield
         finally:
+            if publisher is not None:
+                publisher.cancel()
             await service.stop()
 
     app = Starlette(routes=routes(Endpoints(plane, metrics), infer), lifespan=lifespan,
                     exception_handlers={404: _render_error, 405: _render_error, MLComponentError: _render_error,
                                         Exception: _render_error})
-    return Gateway(app, infer, metrics, service.settings.auth_token())
+    return Gateway(app, infer, metrics, service.settings.auth_token(), hide_errors=options.hide_errors)

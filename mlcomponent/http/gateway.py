@@ -15,7 +15,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlcomponent.http.infer import InferEndpoint, model_of_infer_path
-from mlcomponent.http.responses import JSON_HEADERS, header, respond
+from mlcomponent.http.responses import HIDE_ERRORS, JSON_HEADERS, header, respond
 from mlcomponent.logs import request_id
 from mlcomponent.metrics import Metrics
 
@@ -38,19 +38,21 @@ def endpoint_of(path: str) -> str:
 
 
 class Gateway:
-    def __init__(self, app: ASGIApp, infer: InferEndpoint, metrics: Metrics, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, infer: InferEndpoint, metrics: Metrics, token: str | None,
+                 hide_errors: bool = False) -> None:
         self.app = app
         self.infer = infer
         self.metrics = metrics
         self.token = token.encode() if token else None
+        self.hide_errors = hide_errors
         self._ids = itertools.count()
 
     def _authorised(self, scope: Scope) -> bool:
         path: str = scope["path"]
         if self.token is None or path.startswith(OPEN_PREFIXES) or path == "/":
             return True
-        given = header(scope, b"authorization") or b""
-        return given.startswith(b"Bearer ") and hmac.compare_digest(given[7:].strip(), self.token)
+        scheme, _, credentials = (header(scope, b"authorization") or b"").strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,6 +60,8 @@ class Gateway:
             return
         started = time.perf_counter()
         scope["mlcomponent.arrived"] = time.monotonic()
+        if self.hide_errors:
+            scope[HIDE_ERRORS] = True
         rid = header(scope, b"x-request-id") or _PREFIX + b"%x" % next(self._ids)
         status = 500
 

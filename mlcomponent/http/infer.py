@@ -3,11 +3,13 @@
 A pure ASGI app (the hot path: no request objects). It reads the body as JSON, as
 JSON + binary tensors (``Inference-Header-Content-Length``) or as multipart (files
 streamed into the request folder), hands the decoded V2 body to the data plane,
-cleans the request's files up and only then answers.
+cleans the request's files up (a failed request's uploads and outputs leave the file
+box too) and only then answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,6 +56,8 @@ class InferEndpoint:
             status = 200
         except Exception as error:  # noqa: BLE001 - the service never dies on a request
             status, payload, headers = error_payload(error, scope)
+            if files is not None and files.in_box:
+                await asyncio.to_thread(files.discard)  # a failed request keeps nothing in the box
         finally:
             if files is not None:
                 files.cleanup()  # before the answer: a client that saw it finds nothing left behind
@@ -63,7 +67,8 @@ class InferEndpoint:
         """The V2 body as JSON values, whichever of the three encodings it came in."""
         content_type = header(scope, b"content-type") or b""
         if is_multipart(content_type):
-            return await read_multipart(content_type, _chunks(receive), files, self.max_json_body, self.max_upload)
+            return await read_multipart(content_type, _chunks(receive), files, self.max_json_body, self.max_upload,
+                                        self.plane.limits.max_inputs)
         raw = await read_body(receive, scope, self.max_json_body)
         length = header(scope, binary.HEADER.encode())
         if length is not None:
@@ -87,6 +92,7 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     message = await receive()
+    _check_connected(message)
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         return body
@@ -94,6 +100,7 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     size = len(body)
     while message.get("more_body", False):
         message = await receive()
+        _check_connected(message)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -102,11 +109,16 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_connected(message: Any) -> None:
+    """A disconnect is never the end of the body: a truncated body is not processed."""
+    if message["type"] == "http.disconnect":
+        raise BadRequest("the client disconnected before the body was complete")
+
+
 async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client disconnected before the body was complete")
+        _check_connected(message)
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 import orjson
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from mlcomponent.errors import BadRequest, PayloadTooLarge
 from mlcomponent.runtime.files import RequestFiles
@@ -23,10 +23,11 @@ def is_multipart(content_type: bytes) -> bool:
 
 
 class _Reader:
-    def __init__(self, files: RequestFiles, max_json: int, max_upload: int) -> None:
+    def __init__(self, files: RequestFiles, max_json: int, max_upload: int, max_parts: int) -> None:
         self.files = files
         self.max_json = max_json
         self.max_upload = max_upload
+        self.max_parts = max_parts
         self.headers: dict[bytes, bytes] = {}
         self.field = b""
         self.value = b""
@@ -60,6 +61,8 @@ class _Reader:
         if self.name == "request":
             self.saw_request = True
             return
+        if len(self.files.uploaded) >= self.max_parts:
+            raise BadRequest(f"multipart: more than {self.max_parts} file parts (--max-inputs)")
         filename = options.get(b"filename")
         target = self.files.upload_target(self.name, filename.decode("utf-8", "replace") if filename else None)
         content_type = self.headers.get(b"content-type", b"").decode("latin-1") or None
@@ -91,12 +94,12 @@ class _Reader:
 
 
 async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
-                         max_json: int, max_upload: int) -> dict[str, Any]:
+                         max_json: int, max_upload: int, max_parts: int = 64) -> dict[str, Any]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
-    reader = _Reader(files, max_json, max_upload)
+    reader = _Reader(files, max_json, max_upload, max_parts)
     callbacks: Any = {name: getattr(reader, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end")}
@@ -105,6 +108,8 @@ async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], file
         async for chunk in chunks:
             parser.write(chunk)
         parser.finalize()
+        if parser.state != MultipartState.END:
+            raise BadRequest("malformed multipart body: it ends before its closing boundary (truncated?)")
     except (BadRequest, PayloadTooLarge):
         raise
     except Exception as error:  # the parser's own errors: malformed multipart
@@ -128,12 +133,12 @@ def _merge_uploads(body: Any, files: RequestFiles) -> Any:
     if not isinstance(body, dict) or not isinstance(body.get("inputs", []), list):
         return body
     inputs = body.setdefault("inputs", [])
-    named = {item.get("name") for item in inputs if isinstance(item, dict)}
+    named = {item.get("name") for item in inputs if isinstance(item, dict) and isinstance(item.get("name"), str)}
     for name in files.uploaded:
         if name not in named:
             inputs.append({"name": name, "datatype": "FILE", "shape": [1]})
     for item in inputs:
-        if isinstance(item, dict) and item.get("name") in files.uploaded:
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] in files.uploaded:
             if item.get("datatype") not in (None, "FILE"):
                 raise BadRequest(f"input {item['name']!r} has a file part but datatype {item['datatype']!r}; "
                                  "file parts are for FILE inputs")

@@ -63,8 +63,9 @@ class Endpoints:
         plane = self.plane
         plane.check_model(request.path_params["name"])
         key = check_key(request.path_params["key"])
-        if not key.startswith(f"{KEY_ROOT}/{plane.model_name}/"):
-            raise NotFound(f"no file {key!r}: only files this service wrote can be downloaded here")
+        keys = plane.file_keys
+        if not (keys.servable(key) if keys else key.startswith(f"{KEY_ROOT}/{plane.model_name}/outputs/")):
+            raise NotFound(f"no file {key!r}: only outputs this service wrote can be downloaded here")
         info = plane.file_box.stat(key)
         if info is None:
             raise NotFound(f"no file {key!r} in the file box")

@@ -6,10 +6,15 @@ to the grace period), and exits 0. With one worker that is ``GracefulServer``:
 uvicorn's own handler would re-raise the signal after draining, which makes the exit
 status 143 (also under ``--reload``). With ``--workers N`` uvicorn's supervisor runs its own
 ``Server`` in each worker; the readiness flip still comes from ``on_terminate``.
+
+``MetricsMultiprocess`` is uvicorn's supervisor, plus: a worker that died (and was
+replaced) is marked dead for prometheus-client's multiprocess mode, so its ``livesum``
+gauges (requests in flight, queued) stop counting.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -39,11 +44,24 @@ def on_terminate(hook: Callable[[], None]) -> None:
         signal.signal(number, chained)
 
 
+class MetricsMultiprocess(Multiprocess):
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        gone = before - {process.pid for process in self.processes}
+        if gone and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            from prometheus_client import multiprocess
+
+            for pid in gone:
+                if pid is not None:
+                    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 def run(config: uvicorn.Config) -> None:
     server = GracefulServer(config=config)
     if config.should_reload:
         ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
     elif config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        MetricsMultiprocess(config, sockets=[config.bind_socket()]).run()
     else:
         server.run()

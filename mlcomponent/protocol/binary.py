@@ -53,7 +53,7 @@ def decode(raw: bytes, json_length: str) -> Any:
     """Split a binary request into its JSON and fill each binary input's ``data``."""
     import orjson
 
-    if not json_length.isdigit() or int(json_length) > len(raw):
+    if not (json_length.isascii() and json_length.isdigit()) or int(json_length) > len(raw):
         raise BadRequest(f"Inference-Header-Content-Length {json_length!r} must be the JSON's size in bytes, "
                          f"at most the body's {len(raw)}")
     split = int(json_length)
@@ -62,7 +62,8 @@ def decode(raw: bytes, json_length: str) -> Any:
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"malformed JSON header of a binary request: {error}") from None
     offset = split
-    for index, item in enumerate(body.get("inputs") or [] if isinstance(body, dict) else []):
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    for index, item in enumerate(inputs if isinstance(inputs, list) else []):  # decode_request refuses the rest
         params = item.get("parameters") if isinstance(item, dict) else None
         if not isinstance(params, dict) or "binary_data_size" not in params:
             continue

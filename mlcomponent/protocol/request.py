@@ -145,8 +145,8 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
         raise BadRequest("`outputs` must be a list of {name, parameters}")
     fields = []
     for index, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BadRequest(f"outputs[{index}] must be an object with a string `name`")
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise BadRequest(f"outputs[{index}] must be an object with a non-empty string `name`")
         name = item["name"]
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
@@ -160,9 +160,21 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
             datatype = _datatype(datatype, f"output {name!r}")
         content_type = params.get("content_type", declared.content_type if declared else None)
         shape = params.get("shape", list(declared.shape) if declared else None)
+        problem = _requested_problem(content_type, shape)
+        if problem:
+            raise BadRequest(f"output {name!r}: {problem}")
         binary = params.get("binary_data")
         fields.append(RequestedOutput(name, datatype, content_type, shape, None if binary is None else bool(binary)))
     return fields
+
+
+def _requested_problem(content_type: Any, shape: Any) -> str | None:
+    if content_type is not None and not isinstance(content_type, str):
+        return f"`content_type` must be a string, got {content_type!r:.80}"
+    if shape is not None and (not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)):
+        return f"`shape` must be a list of integers (-1 for any), got {shape!r:.80}"
+    return None
 
 
 def decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:

@@ -20,7 +20,7 @@ from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
 from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
 from mlcomponent.runtime.events import Observer
-from mlcomponent.runtime.files import RequestFiles
+from mlcomponent.runtime.files import FileKeys, RequestFiles
 from mlcomponent.runtime.health import Health
 from mlcomponent.runtime.runner import Runner
 from mlcomponent.spec.model import UNDECLARED, FunctionSpec
@@ -45,10 +45,12 @@ class DataPlane:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.health = Health.STARTING
+        self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
 
     @property
     def ready(self) -> bool:
-        return self.health is Health.READY
+        """Warmed up, not stopping, and not stuck on a call past its deadline."""
+        return self.health is Health.READY and not self.runner.stuck
 
     @property
     def queued(self) -> int:
@@ -59,11 +61,12 @@ class DataPlane:
             raise NotFound(f"unknown model {name!r}; this service serves {self.model_name!r}")
 
     def request_files(self, *, keep_uploads: bool = True) -> RequestFiles:
-        return RequestFiles(self.files_root, self.file_box, self.model_name, keep_uploads=keep_uploads)
+        return RequestFiles(self.files_root, self.file_box, self.model_name, keep_uploads=keep_uploads,
+                            keys=self.file_keys)
 
     def admit(self) -> None:
         """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
-        if not self.ready:
+        if self.health is not Health.READY:  # a worker replaced after a deadline still takes calls: they wait
             raise NotReady(f"model {self.model_name!r} is not ready ({self.health.value})", retry_after=1)
         if self.runner.waiting >= self.limits.max_queue:
             raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "

@@ -3,11 +3,17 @@
 Life cycle: FILE inputs are copied from the file box (or written by the multipart
 reader) into the folder; FILE outputs get fresh paths there; what the function
 wrote is uploaded to the file box under a collision-free key; the folder is
-removed after the answer, whatever happened.
+removed before the answer, whatever happened, and a failed request's uploads and
+outputs are removed from the box too (``discard``).
+
+Output keys are signed (``FileKeys``): the download route serves only keys that this
+service minted, and the box keeps them for ``--keep-files`` (``runtime/retention.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import mimetypes
 import posixpath
 import shutil
@@ -36,10 +42,40 @@ def safe_filename(name: str | None, fallback: str) -> str:
     return cleaned or fallback
 
 
+class FileKeys:
+    """Output keys signed with the service's secret, so downloads serve only what this service wrote.
+
+    ``mlcomponent/<model>/outputs/<request id>-<signature>/<file name>``: the signature is
+    an HMAC of the folder, so checking a key needs no state and no I/O, works in every
+    worker and replica that shares the secret, and cannot be forged by someone who can
+    only write to the box.
+    """
+
+    def __init__(self, model_name: str, secret: bytes) -> None:
+        self.model_name = model_name
+        self._secret = secret
+
+    def _signature(self, request_id: str) -> str:
+        message = f"{self.model_name}/outputs/{request_id}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def output_folder(self, request_id: str) -> str:
+        return f"{KEY_ROOT}/{self.model_name}/outputs/{request_id}-{self._signature(request_id)}"
+
+    def servable(self, key: str) -> bool:
+        """True for a key this service minted: its own model, an output, a valid signature."""
+        parts = key.split("/")
+        if len(parts) != 5 or parts[:3] != [KEY_ROOT, self.model_name, "outputs"] or not parts[4]:
+            return False
+        request_id, _, signature = parts[3].rpartition("-")
+        return bool(request_id) and hmac.compare_digest(signature, self._signature(request_id))
+
+
 class RequestFiles:
     """The files of one request. Staging returns where each file is; nothing is changed in place."""
 
-    def __init__(self, root: Path, box: Box, model_name: str, *, keep_uploads: bool = True) -> None:
+    def __init__(self, root: Path, box: Box, model_name: str, *, keep_uploads: bool = True,
+                 keys: FileKeys | None = None) -> None:
         self.root = root
         self._id: str | None = None
         self.box = box
@@ -48,7 +84,9 @@ class RequestFiles:
         self.bytes_in = 0
         self.bytes_out = 0
         self.keep_uploads = keep_uploads
+        self.keys = keys
         self.upload_keys: dict[str, str] = {}
+        self.published: list[str] = []  # output keys written to the box
         self._created = False
 
     @property
@@ -121,8 +159,10 @@ class RequestFiles:
                 continue
             path = self._confined(item.data, item.name)
             suffix = path.suffix or extension_for(item.content_type)
-            key = f"{self.key_prefix('outputs')}/{safe_filename(item.name, 'output')}{suffix}"
+            folder = self.keys.output_folder(self.id) if self.keys else self.key_prefix("outputs")
+            key = f"{folder}/{safe_filename(item.name, 'output')}{suffix}"
             content_type = item.content_type or mimetypes.guess_type(path.name)[0]
+            self.published.append(key)
             self.bytes_out += self.box.store(path, key, content_type)
             item.data = [key]
             item.content_type = content_type
@@ -144,3 +184,18 @@ class RequestFiles:
     def cleanup(self) -> None:
         if self._created:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def in_box(self) -> bool:
+        """Whether this request put anything in the file box (kept uploads, outputs)."""
+        return bool(self.upload_keys or self.published)
+
+    def discard(self) -> None:
+        """A failed request keeps nothing: remove its kept uploads and any outputs already stored."""
+        for key in [*self.upload_keys.values(), *self.published]:
+            try:
+                self.box.delete(key)
+            except Exception:  # noqa: BLE001 - best effort; retention removes what is left
+                continue
+        self.upload_keys.clear()
+        self.published.clear()

@@ -5,7 +5,9 @@ Frames are length-prefixed pickles on the worker's own pipes::
     parent → worker   ("call", parameters, inputs, output_fields, deadline)
     worker → parent   ("ready", FunctionSpec) | ("fatal", message)          once, at start
                       ("ok", outputs) | ("raised", type, message, traceback)
+                      | ("invalid", message)  (the function raised InvalidInput: a 400)
                       | ("bad_return", message) | ("expired",)            per call, in order
+                      | ("memory", peak_bytes)  (over the memory limit; the worker then exits)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class WorkerConfig:
     function: str
     model_key: str
     env: dict[str, str]
+    memory_limit: int | None = None  # bytes; the worker checks its peak RSS after each call
 
     def to_environ(self) -> dict[str, str]:
         return {CONFIG_ENV: json.dumps(asdict(self))}

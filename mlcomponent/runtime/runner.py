@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from mlcomponent.errors import BadFunctionOutput, FunctionFailed, Timeout
+from mlcomponent.errors import BadFunctionOutput, FunctionFailed, InvalidInput, NotReady, Timeout
 from mlcomponent.runtime.entrypoint import InferenceFunction
 from mlcomponent.runtime.worker import exception_name
 from mlcomponent.spec.model import FunctionSpec
@@ -26,6 +26,11 @@ class Runner(Protocol):
 
     @property
     def waiting(self) -> int: ...
+
+    @property
+    def stuck(self) -> bool:
+        """A call is still running past its deadline (the service is not ready meanwhile)."""
+        ...
 
     async def start(self) -> FunctionSpec: ...
 
@@ -41,8 +46,18 @@ class InProcessRunner:
         self.spec = spec
         self.model_key = model_key
         self.model: Any = None
-        self.waiting = 0
+        self._pending = 0  # calls submitted and not finished (the running one included)
+        self._overdue = 0  # calls answered 504 that still run: a thread cannot be stopped
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued behind the one running."""
+        return max(0, self._pending - 1)
+
+    @property
+    def stuck(self) -> bool:
+        return self._overdue > 0
 
     async def start(self) -> FunctionSpec:
         return self.spec
@@ -51,9 +66,12 @@ class InProcessRunner:
                   output_fields: list[dict[str, Any]]) -> Any:
         try:
             result = self.function(parameters, inputs, output_fields, self.model_key, self.model)
+        except InvalidInput:
+            raise
         except Exception as error:
             log.exception("inference raised")
-            raise FunctionFailed(f"inference raised {exception_name(error)}: {error}") from error
+            name = exception_name(error)
+            raise FunctionFailed(f"inference raised {name}: {error}", exception_type=name) from error
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")
@@ -62,18 +80,34 @@ class InProcessRunner:
 
     async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                    output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any:
+        if self._overdue:
+            raise NotReady("a call that ran past its deadline is still running, and without isolation it cannot "
+                           "be stopped; retry shortly", retry_after=1)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.call_sync, parameters, inputs, output_fields)
+        submitted = self._executor.submit(self.call_sync, parameters, inputs, output_fields)
+        future = asyncio.wrap_future(submitted, loop=loop)
+        self._pending += 1
+        future.add_done_callback(self._finished)
         if deadline is None:
             return await future
-        self.waiting += 1
         try:
-            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
         except TimeoutError:
+            if submitted.cancel():  # still queued: it never runs
+                raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did "
+                              "not run and will not") from None
+            self._overdue += 1  # running: it cannot be stopped; not ready until it returns
+            future.add_done_callback(self._overdue_finished)
             raise Timeout("inference did not finish within the request's deadline (it runs in-process and "
                           "cannot be stopped; serve with isolation for hard timeouts)") from None
-        finally:
-            self.waiting -= 1
+
+    def _finished(self, future: asyncio.Future[Any]) -> None:
+        self._pending -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned call's failure is not "never retrieved"
+
+    def _overdue_finished(self, future: asyncio.Future[Any]) -> None:
+        self._overdue -= 1
 
     async def close(self, grace: float = 5.0) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

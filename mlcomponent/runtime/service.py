@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from mlcomponent.errors import EntryPointError
@@ -19,6 +20,7 @@ from mlcomponent.runtime.frames import WorkerConfig
 from mlcomponent.runtime.health import Health
 from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.runtime.mounts import file_box, resolve_mounts, resolve_path
+from mlcomponent.runtime.retention import file_keys, run_sweeper
 from mlcomponent.runtime.runner import InProcessRunner, Runner
 from mlcomponent.runtime.warmup import example_problem, warm_up
 from mlcomponent.settings import Settings
@@ -30,7 +32,7 @@ log = logging.getLogger("mlcomponent.service")
 
 def load_function_and_spec(settings: Settings) -> tuple[Any, FunctionSpec]:
     """Import the entry point in this process (``validate``, and ``--no-isolate``), spec and Example checked."""
-    apply_env(settings.manifest_env)
+    apply_env(settings.worker_env)
     dotted = settings.manifest.inference.entry_point.python_function
     function = load_entry_point(settings.python_path, dotted)
     try:
@@ -53,9 +55,13 @@ def make_runner(settings: Settings, model_key: str, observer: Observer | None = 
     With ``--no-isolate`` user code is imported into this process, here.
     """
     if settings.options.isolate:
+        limits = settings.manifest.spec.image.resource_limits
         config = WorkerConfig(str(settings.python_path), settings.manifest.inference.entry_point.python_function,
-                              model_key, settings.manifest_env)
-        return ProcessRunner(config, settings.model_name, observer)
+                              model_key, settings.worker_env, settings.memory_limit)
+        return ProcessRunner(config, settings.model_name, observer, hidden_env=settings.secret_env_names,
+                             memory_label=limits.memory if limits else None)
+    for name in settings.secret_env_names:  # user code runs in this process: it must not see them
+        os.environ.pop(name, None)
     function, spec = load_function_and_spec(settings)
     return InProcessRunner(function, spec, model_key)
 
@@ -83,11 +89,17 @@ class Service:
                         max_elements=options.max_elements)
         self.dataplane = DataPlane(settings.model_name, self.runner, file_box(settings), files_root, limits,
                                    observer)
+        self.dataplane.file_keys = file_keys(settings.model_name, settings.files_secret, settings.data_root)
         self._warmup: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         spec = await self.runner.start()
         self.dataplane.spec = spec
+        keep = self.settings.options.keep_files
+        if keep is not None:
+            plane = self.dataplane
+            self._sweeper = asyncio.create_task(run_sweeper(plane.file_box, plane.model_name, plane.files_root, keep))
         if not spec.declared:
             log.warning("%s has no docstring specification: requests are not validated against one "
                         "(see docs/docstring-spec.md)", self.settings.manifest.inference.entry_point.python_function)
@@ -112,6 +124,7 @@ class Service:
 
     async def stop(self) -> None:
         self.dataplane.health = Health.STOPPING
-        if self._warmup is not None and not self._warmup.done():
-            self._warmup.cancel()
+        for task in (self._warmup, self._sweeper):
+            if task is not None and not task.done():
+                task.cancel()
         await self.runner.close()

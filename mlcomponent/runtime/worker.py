@@ -13,14 +13,18 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from mlcomponent.errors import InvalidInput
 from mlcomponent.protocol.plain import as_plain
 from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, write_frame
+
+MB = 1024 * 1024
 
 
 def exception_name(error: BaseException) -> str:
@@ -29,7 +33,47 @@ def exception_name(error: BaseException) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes]) -> None:
+def failure_reply(error: BaseException) -> tuple[Any, ...]:
+    """What the parent hears when the function raised: InvalidInput is the client's fault (400)."""
+    if isinstance(error, InvalidInput):
+        return ("invalid", str(error))
+    return ("raised", exception_name(error), str(error), traceback.format_exc())
+
+
+# --------------------------------------------------------------------------- the memory limit
+
+
+def peak_rss() -> int:
+    """This process's high-water mark of resident memory, in bytes (one getrusage call: cheap)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def over_memory_limit(sink: IO[bytes], limit: int | None) -> bool:
+    """After a call: past the limit at any moment, answer ``("memory", peak)`` instead; the caller exits.
+
+    The peak, not the current size: in a pod a moment over the limit is an OOM kill.
+    """
+    if limit is None:
+        return False
+    peak = peak_rss()
+    if peak <= limit:
+        return False
+    write_frame(sink, ("memory", peak))
+    return True
+
+
+def prefer_me_for_the_oom_killer() -> None:
+    """In a pod the kernel's OOM killer should take this process, not the HTTP server beside it."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as stream:
+            stream.write("1000")
+    except OSError:
+        pass  # not Linux, or not allowed: the parent's watch still holds the limit
+
+
+def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes],
+                memory_limit: int | None = None) -> None:
     model: Any = None
     while True:
         message = read_frame(source)
@@ -42,8 +86,12 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
         try:
             result = function(parameters, inputs, output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
-            write_frame(sink, ("raised", exception_name(error), str(error), traceback.format_exc()))
-            continue
+            if not over_memory_limit(sink, memory_limit):
+                write_frame(sink, failure_reply(error))
+                continue
+            return
+        if over_memory_limit(sink, memory_limit):
+            return
         if not isinstance(result, tuple) or len(result) != 2:
             write_frame(sink, ("bad_return", f"inference returned {type(result).__name__}; it must return a "
                                              "tuple (outputs, model)"))
@@ -51,7 +99,7 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
         outputs, model = result
         try:
             write_frame(sink, ("ok", as_plain(outputs)))  # numpy at any depth becomes lists here
-        except (pickle.PicklingError, TypeError, AttributeError) as error:
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as error:
             write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
 
@@ -68,6 +116,7 @@ def main() -> int:
     from mlcomponent.spec.docstring import DocstringSpecError, spec_of
 
     apply_env(config.env)
+    prefer_me_for_the_oom_killer()
     try:
         function = load_entry_point(Path(config.python_path), config.function)
         spec = spec_of(function)
@@ -77,11 +126,16 @@ def main() -> int:
     except DocstringSpecError as error:
         write_frame(sink, ("fatal", f"{config.function}: docstring specification: {error}"))
         return 1
+    if config.memory_limit is not None and peak_rss() > config.memory_limit:
+        write_frame(sink, ("fatal", f"importing {config.function} took {peak_rss() / MB:.0f} MiB, over the memory "
+                                    f"limit of {config.memory_limit / MB:.0f} MiB (resourceLimits.memory; "
+                                    "--no-limits lifts it locally)"))
+        return 1
     write_frame(sink, ("ready", spec))
     gc.collect()
     gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
     gc.set_threshold(20_000, 50, 100)
-    serve_calls(function, config.model_key, source, sink)
+    serve_calls(function, config.model_key, source, sink, config.memory_limit)
     return 0
 
 

@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import joblib
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mlcomponent import InvalidInput
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 4096 * 4096  # a small PNG can claim billions of pixels (a decompression bomb)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard, for any other path that opens an image
+
+
+def open_image(path: str) -> Image.Image:
+    """The image, checked before its pixels are decoded; anything unusable is the client's fault."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise InvalidInput("the image file is empty")
+    if size > MAX_BYTES:
+        raise InvalidInput(f"the image file is {size / 2**20:.0f} MB; at most {MAX_BYTES // 2**20} MB")
+    too_large = f"the image is too large: at most {MAX_PIXELS:,} pixels (e.g. 4096x4096) are accepted"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise InvalidInput(too_large) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InvalidInput("the file is not an image this model can read (send a PNG or JPEG)") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise InvalidInput(f"{too_large}; this one is {width}x{height}")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError):
+        image.close()
+        raise InvalidInput("the image is damaged or truncated and cannot be decoded") from None
+    return image
 
 
 def to_features(path: str) -> np.ndarray:
     """An image of any size -> the 8x8, 0..16 ink intensities the digits dataset uses."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         gray = ImageOps.grayscale(image)
     if np.asarray(gray).mean() > 127:  # dark ink on a light background: invert to light-on-dark
         gray = ImageOps.invert(gray)

@@ -8,6 +8,8 @@ from typing import Any
 import joblib
 import numpy as np
 
+from mlcomponent import InvalidInput
+
 SPECIES = ["setosa", "versicolor", "virginica"]
 
 
@@ -27,7 +29,7 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
 
     Parameters:
         min_confidence (float, default=0.0, range=[0, 1]): rows whose best probability is
-            lower get the label from IRIS_UNSURE_LABEL instead of a species.
+            lower get the label from IRIS_UNSURE_LABEL (spec.env; "?" without it) instead of a species.
 
     Example:
         inputs:
@@ -36,11 +38,14 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     if model is None:
         model = joblib.load(model_key)
     features = next(i for i in inputs if i["name"] == "features")
+    if not features["data"]:
+        raise InvalidInput(f"features has no rows (shape {features['shape']}); send at least one row of four "
+                           "measurements")
     rows = np.asarray(features["data"], dtype=np.float32).reshape(features["shape"])
     probabilities = model.predict_proba(rows)
     best = probabilities.argmax(axis=1)
     threshold = next((p["value"] for p in parameters if p["name"] == "min_confidence"), 0.0)
-    unsure = os.environ.get("IRIS_UNSURE_LABEL", "unsure")
+    unsure = os.environ.get("IRIS_UNSURE_LABEL", "?")
     labels = [SPECIES[i] if probabilities[n, i] >= threshold else unsure for n, i in enumerate(best)]
     values = {
         "label": ("str", labels, [len(rows)]),
