@@ -18,7 +18,6 @@ import asyncio
 import collections
 import logging
 import os
-import pickle
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from mlcomponent.errors import BadFunctionOutput, EntryPointError, FunctionFailed, Timeout, WorkerDied
 from mlcomponent.runtime.events import Observer
-from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame
+from mlcomponent.runtime.frames import WorkerConfig, frame, frame_end, load_frame
 from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.worker")
@@ -71,20 +70,19 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.transport = transport
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while len(buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer)
-            end = HEADER.size + size
-            if len(buffer) < end:
-                return
+        self.buffer += data
+        while (end := frame_end(self.buffer)) is not None:
+            if end == len(self.buffer):  # the usual case: hand the whole buffer over, no copy
+                whole, self.buffer = self.buffer, bytearray()
+            else:
+                whole = self.buffer[:end]
+                del self.buffer[:end]
             try:
-                message = pickle.loads(bytes(buffer[HEADER.size:end]))
+                message = load_frame(whole)
             except Exception as error:  # noqa: BLE001 - any unpickling failure is that call's alone
                 message = ("bad_return", "inference returned outputs the service cannot read back "
                                          f"({type(error).__name__}: {error}); return plain values: numbers, "
                                          "strings, lists, dicts or numpy arrays")
-            del buffer[:end]
             if self.hello.done():
                 self.on_message(message)
             else:

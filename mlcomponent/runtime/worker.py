@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from mlcomponent.protocol.plain import as_plain
-from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, write_frame
+from mlcomponent.protocol.packed import function_data, pack_outputs
+from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, widen_pipes, write_frame
 
 
 def exception_name(error: BaseException) -> str:
@@ -29,8 +28,10 @@ def exception_name(error: BaseException) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes]) -> None:
+def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes], spec: Any = None) -> None:
     model: Any = None
+    numpy = bool(spec is not None and spec.numpy)
+    allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
     while True:
         message = read_frame(source)
         if message is None:
@@ -40,7 +41,7 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
             write_frame(sink, ("expired",))  # answered 504 already: never start it
             continue
         try:
-            result = function(parameters, inputs, output_fields, model_key, model)
+            result = function(parameters, function_data(inputs, numpy), output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
             write_frame(sink, ("raised", exception_name(error), str(error), traceback.format_exc()))
             continue
@@ -50,14 +51,16 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
             continue
         outputs, model = result
         try:
-            write_frame(sink, ("ok", as_plain(outputs)))  # numpy at any depth becomes lists here
-        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            # numeric numpy arrays travel as raw buffers; other numpy values become lists here
+            write_frame(sink, ("ok", pack_outputs(outputs, output_fields, allow_nan)))
+        except Exception as error:  # noqa: BLE001 - pickling, or a numpy value we cannot convert
             write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
 
 def main() -> int:
     source = os.fdopen(os.dup(0), "rb")
     sink = os.fdopen(os.dup(1), "wb")
+    widen_pipes(source.fileno(), sink.fileno())
     os.dup2(2, 1)  # user prints go to stderr
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -81,7 +84,7 @@ def main() -> int:
     gc.collect()
     gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
     gc.set_threshold(20_000, 50, 100)
-    serve_calls(function, config.model_key, source, sink)
+    serve_calls(function, config.model_key, source, sink, spec)
     return 0
 
 
