@@ -81,13 +81,17 @@ def validate(manifest: str) -> None:
 @click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
+@click.option("--max-batch-size", type=int, help="Rows per merged call, overriding the docstring's Batching "
+              "(1: no merging).")
+@click.option("--max-batch-delay", type=float, help="Milliseconds a request may wait for its batch to fill, "
+              "overriding the docstring's Batching.")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
-          isolate: bool, reload: bool) -> None:
+          isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
@@ -106,7 +110,8 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
         max_inputs=max_inputs, max_elements=max_elements,
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
-        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate)
+        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate,
+        max_batch_size=max_batch_size, max_batch_delay=max_batch_delay)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)

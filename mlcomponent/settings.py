@@ -42,6 +42,8 @@ class ServeOptions:
     auth_token_file: str | None = None
     grace_period: float = 30.0
     isolate: bool = True
+    max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
+    max_batch_delay: float | None = None  # milliseconds
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

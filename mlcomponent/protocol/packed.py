@@ -235,11 +235,12 @@ def pack_outputs(outputs: Any, output_fields: Iterable[dict[str, Any]], allow_na
         if not isinstance(item, dict):
             packed_outputs.append(as_plain(item))
             continue
-        data = item.get("data")
-        datatype = item.get("datatype") or requested.get(item.get("name"))
+        data: Any = item.get("data")
+        name = item.get("name")
+        datatype = item.get("datatype") or requested.get(name)
         packed = None
         if datatype in TYPECODES:
-            nan = allow_nan.get(item.get("name"), False)  # type: ignore[call-overload]
+            nan = allow_nan.get(name, False) if isinstance(name, str) else False
             if is_numpy_array(data) and data.size:
                 packed = _pack_array(data, datatype, nan)
             elif type(data) is list and len(data) >= PACK_MIN:

@@ -198,7 +198,7 @@ def parse_docstring(doc: str | None, first_source_line: int | None = None) -> Fu
     spec = FunctionSpec(summary=lines[0], inputs=inputs, outputs=outputs, parameters=parameters,
                         example=example, batching=batching, declared=True)
     if batching is not None and batching.merges:
-        _check_batchable(spec, batching, first_source_line)
+        _check_batchable(spec, first_source_line)
     if example is not None:
         _check_example(spec, example, sections["example"][0][0], first_source_line)
     return spec
@@ -328,19 +328,10 @@ def _batching(body: Section | None, first_source_line: int | None) -> BatchingSp
     return BatchingSpec(max_batch_size=size, max_batch_delay=delay, numpy=mode == "numpy", line=start)
 
 
-def _check_batchable(spec: FunctionSpec, batching: BatchingSpec, first_source_line: int | None) -> None:
-    """A merging function's tensors have the batch as their first dimension (FILE: one file per row)."""
-    for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)):
-        for tensor in tensors:
-            if tensor.datatype == "FILE":
-                ok = tensor.shape in ((1,), (-1,))
-                want = "shape=[1] (one file per request; a batch gets a list of paths)"
-            else:
-                ok = bool(tensor.shape) and tensor.shape[0] == -1
-                want = "a first dimension of -1 (the batch: any number of rows)"
-            if not ok:
-                raise _error(f"Batching: {kind} {tensor.name!r} has shape {list(tensor.shape)}; a function that "
-                             f"merges requests needs {want}", tensor.line, first_source_line)
+def _check_batchable(spec: FunctionSpec, first_source_line: int | None) -> None:
+    problem = spec.batching_problem()
+    if problem is not None:
+        raise _error(problem[0], problem[1], first_source_line)
 
 
 def _check_example(spec: FunctionSpec, example: dict[str, Any], line: int, first: int | None) -> None:

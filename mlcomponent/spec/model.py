@@ -133,6 +133,22 @@ class FunctionSpec:
         """Whether numeric inputs reach the function as flat numpy arrays (``Batching: data: numpy``)."""
         return self.batching is not None and self.batching.numpy
 
+    def batching_problem(self) -> tuple[str, int] | None:
+        """Why requests cannot be merged for this function (message, docstring line), or None:
+        a merging function's tensors have the batch as their first dimension (FILE: one file per row)."""
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for tensor in tensors:
+                if tensor.datatype == "FILE":
+                    ok = tensor.shape in ((1,), (-1,))
+                    want = "shape=[1] (one file per request; a batch gets a list of paths)"
+                else:
+                    ok = bool(tensor.shape) and tensor.shape[0] == -1
+                    want = "a first dimension of -1 (the batch: any number of rows)"
+                if not ok:
+                    return (f"Batching: {kind} {tensor.name!r} has shape {list(tensor.shape)}; a function that "
+                            f"merges requests needs {want}", tensor.line)
+        return None
+
     @property
     def default_outputs(self) -> list[TensorSpec]:
         return [t for t in self.outputs if not t.optional]

@@ -29,6 +29,11 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
         min_confidence (float, default=0.0, range=[0, 1]): rows whose best probability is
             lower get the label from IRIS_UNSURE_LABEL instead of a species.
 
+    Batching:
+        max_batch_size: 64
+        max_batch_delay: 2
+        data: numpy
+
     Example:
         inputs:
           features: [[5.1, 3.5, 1.4, 0.2]]
@@ -36,6 +41,8 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     if model is None:
         model = joblib.load(model_key)
     features = next(i for i in inputs if i["name"] == "features")
+    # Batching: concurrent requests arrive merged (their rows one after the other) and each
+    # output's rows are split back to them; `data: numpy` gives flat numpy arrays.
     rows = np.asarray(features["data"], dtype=np.float32).reshape(features["shape"])
     probabilities = model.predict_proba(rows)
     best = probabilities.argmax(axis=1)
@@ -44,8 +51,8 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     labels = [SPECIES[i] if probabilities[n, i] >= threshold else unsure for n, i in enumerate(best)]
     values = {
         "label": ("str", labels, [len(rows)]),
-        "class_index": ("INT32", best.astype(int).tolist(), [len(rows)]),
-        "probabilities": ("FP32", probabilities.astype(np.float32).ravel().tolist(), list(probabilities.shape)),
+        "class_index": ("INT32", best.astype(np.int32), [len(rows)]),
+        "probabilities": ("FP32", probabilities.astype(np.float32).ravel(), list(probabilities.shape)),
     }
     outputs = []
     for field in output_fields or [{"name": "label"}, {"name": "class_index"}]:
