@@ -185,23 +185,24 @@ def _pack_array(value: Any, datatype: str, allow_nan: bool) -> Packed | None:
     pass (the list path then names the element at fault) or the conversion is not exact."""
     import numpy as np
 
-    flat = np.ravel(value)
-    kind = flat.dtype.kind
-    if datatype == "INT32":
-        if kind not in "iu":
-            return None
-        if flat.dtype != np.int32 and flat.size and (flat.min() < INT32_MIN or flat.max() > INT32_MAX):
-            return None
-        packed = flat.astype("<i4", copy=False)
-    else:
-        if kind not in "fiu":
-            return None
-        packed = flat.astype(NUMPY_DTYPES[datatype], copy=False)
-        if not allow_nan and not np.isfinite(packed).all():
-            return None
-        if datatype == "FP32" and kind == "f" and flat.dtype.itemsize > 4 and \
-                bool((np.isinf(packed) & np.isfinite(flat)).any()):
-            return None  # finite values too large for FP32
+    with np.errstate(all="ignore"):  # an overflowing cast is detected below, not warned about
+        flat = np.ravel(value)
+        kind = flat.dtype.kind
+        if datatype == "INT32":
+            if kind not in "iu":
+                return None
+            if flat.dtype != np.int32 and flat.size and (flat.min() < INT32_MIN or flat.max() > INT32_MAX):
+                return None
+            packed = flat.astype("<i4", copy=False)
+        else:
+            if kind not in "fiu":
+                return None
+            packed = flat.astype(NUMPY_DTYPES[datatype], copy=False)
+            if not allow_nan and not np.isfinite(packed).all():
+                return None
+            if datatype == "FP32" and kind == "f" and flat.dtype.itemsize > 4 and \
+                    bool((np.isinf(packed) & np.isfinite(flat)).any()):
+                return None  # finite values too large for FP32
     return Packed(datatype, np.ascontiguousarray(packed), checked=True)
 
 
