@@ -20,6 +20,7 @@ buffers and their sizes, the pickle, then the buffers::
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from collections.abc import Mapping
@@ -91,10 +92,38 @@ def widen_pipes(*fds: int) -> None:
             pass  # not Linux, or over the cap: the default size works, only slower
 
 
-def write_frame(stream: IO[bytes], message: Any) -> None:
+class FrameReader:
+    """Frames from a pipe's file descriptor, several per read: ``pending`` says whether another
+    whole frame is already here, so the worker answers a burst of calls with one write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        return frame_end(self.buffer) is not None
+
+    def read(self) -> Any:
+        """The next message (blocking until it is whole), or None at the end of the stream."""
+        while (end := frame_end(self.buffer)) is None:
+            chunk = os.read(self.fd, PIPE_SIZE)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        if end == len(self.buffer):
+            whole, self.buffer = self.buffer, bytearray()  # writable, and no copy for a large frame
+        else:
+            whole = self.buffer[:end]
+            del self.buffer[:end]
+        return load_frame(whole)
+
+
+def write_frame(stream: IO[bytes], message: Any, flush: bool = True) -> None:
     for part in frame_parts(message):
         stream.write(part)
-    stream.flush()
+    if flush:
+        stream.flush()
 
 
 def read_frame(stream: IO[bytes]) -> Any:

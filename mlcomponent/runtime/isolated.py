@@ -65,6 +65,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.buffer = bytearray()
         self.transport: Any = None  # asyncio's or uvloop's subprocess transport
         self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -95,10 +96,16 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.on_lost(self)
 
     def write(self, frame: bytes) -> None:
-        assert self.transport is not None
-        pipe = self.transport.get_pipe_transport(0)
+        """Queue a frame; the frames of one loop iteration go in one write (one wake-up of the worker)."""
+        self._outgoing.append(frame)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outgoing = self._outgoing, []
+        pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
         if pipe is not None and not pipe.is_closing():
-            pipe.write(frame)
+            pipe.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     @property
     def returncode(self) -> int | None:

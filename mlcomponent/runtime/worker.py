@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlcomponent.protocol.packed import function_data, pack_outputs
-from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, widen_pipes, write_frame
+from mlcomponent.runtime.frames import CONFIG_ENV, FrameReader, WorkerConfig, widen_pipes, write_frame
 
 
 def exception_name(error: BaseException) -> str:
@@ -32,29 +32,34 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
     model: Any = None
     numpy = bool(spec is not None and spec.numpy)
     allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
+    reader = FrameReader(source.fileno())
+
+    def reply(message: Any) -> None:  # answers to a burst of calls go in one write
+        write_frame(sink, message, flush=not reader.pending)
+
     while True:
-        message = read_frame(source)
+        message = reader.read()
         if message is None:
             return  # the parent closed the pipe: it is gone or shutting down
         _, parameters, inputs, output_fields, deadline = message
         if deadline is not None and time.time() > deadline:
-            write_frame(sink, ("expired",))  # answered 504 already: never start it
+            reply(("expired",))  # answered 504 already: never start it
             continue
         try:
             result = function(parameters, function_data(inputs, numpy), output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
-            write_frame(sink, ("raised", exception_name(error), str(error), traceback.format_exc()))
+            reply(("raised", exception_name(error), str(error), traceback.format_exc()))
             continue
         if not isinstance(result, tuple) or len(result) != 2:
-            write_frame(sink, ("bad_return", f"inference returned {type(result).__name__}; it must return a "
-                                             "tuple (outputs, model)"))
+            reply(("bad_return", f"inference returned {type(result).__name__}; it must return a "
+                                 "tuple (outputs, model)"))
             continue
         outputs, model = result
         try:
             # numeric numpy arrays travel as raw buffers; other numpy values become lists here
-            write_frame(sink, ("ok", pack_outputs(outputs, output_fields, allow_nan)))
+            reply(("ok", pack_outputs(outputs, output_fields, allow_nan)))
         except Exception as error:  # noqa: BLE001 - pickling, or a numpy value we cannot convert
-            write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
+            reply(("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
 
 def main() -> int:
