@@ -245,13 +245,17 @@ def main() -> None:
     args.out.write_text(table)
 
 
+def machine() -> str:
+    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
+           if Path("/proc/cpuinfo").exists() else "unknown CPU")
+    return f"{os.cpu_count()} cores, {cpu}; server on CPU 1, wrk on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}"
+
+
 def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     names = {"mlcomponent": "mlcomponent (defaults)", "mlserver": "MLServer 1.7.1, parallel workers off",
              "kserve": "KServe 0.21 ModelServer", "bare": "bare uvicorn (ceiling)"}
-    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
-           if Path("/proc/cpuinfo").exists() else "unknown CPU")
-    lines = [f"Machine: {os.cpu_count()} cores, {cpu}; server on CPU 1, wrk on CPU 0; "
-             f"{time.strftime('%Y-%m-%d')}", "",
+    load = os.getloadavg()
+    lines = [f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", "",
              "| server | " + " | ".join(f"req/s @{c}" for c in levels) + " | " +
              " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
              "|---" * (2 * len(levels) + 4) + "|"]
