@@ -132,7 +132,7 @@ def main() -> None:
 def render(results: dict[str, dict[tuple[int, bool], float]], sizes: list[int], names: dict[str, bench.Server],
            load: tuple[float, float, float]) -> str:
     columns = [(n, b) for n in sizes for b in (False, True)]
-    lines = [f"Machine: {bench.machine()}; load average before the run {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+    lines = [f"Machine: {bench.machine('the client')}; load average before the run {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
              "", "| seconds, FP32 in and out | " + " | ".join(
                  f"{n / 1e6:g}M {'binary' if b else 'JSON'}" for n, b in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]

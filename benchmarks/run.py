@@ -245,10 +245,10 @@ def main() -> None:
     args.out.write_text(table)
 
 
-def machine() -> str:
+def machine(client: str = "wrk") -> str:
     cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
            if Path("/proc/cpuinfo").exists() else "unknown CPU")
-    return f"{os.cpu_count()} cores, {cpu}; server on CPU 1, wrk on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}"
+    return f"{os.cpu_count()} cores, {cpu}; server on CPU 1, {client} on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}"
 
 
 def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:

@@ -256,6 +256,8 @@ def test_batching_with_several_http_workers_over_http(tmp_path: Path) -> None:
         answers = asyncio.run(main())
         assert [a.status_code for a in answers] == [200] * 24
         assert [a.json()["outputs"][0]["data"] for a in answers] == [[i, i + 1] for i in range(24)]
+        batching = httpx.get(server.url + "/v2/models/test-model").json()["parameters"]["batching"]
+        assert batching == {"max_batch_size": 8, "max_batch_delay_ms": 1000, "data": "lists"}  # the docstring's
         metrics = httpx.get(server.url + "/metrics").text
         count = next(line for line in metrics.splitlines() if line.startswith("mlcomponent_batch_size_count"))
         sent = next(line for line in metrics.splitlines() if line.startswith("mlcomponent_batch_size_sum"))

@@ -180,6 +180,15 @@ def function_data(inputs: list[dict[str, Any]], numpy: bool) -> list[dict[str, A
     return inputs
 
 
+def pack_checked_lists(tensors: Iterable[Any]) -> None:
+    """Long numeric lists of checked input tensors (``InputTensor``) as ``Packed``, in place: for a
+    function that takes numpy arrays, the list would only be pickled to become an array anyway."""
+    for tensor in tensors:
+        data = tensor.data
+        if type(data) is list and len(data) >= PACK_MIN and tensor.datatype in TYPECODES:
+            tensor.data = Packed.from_list(tensor.datatype, data)
+
+
 def _pack_array(value: Any, datatype: str, allow_nan: bool) -> Packed | None:
     """A numpy array as a checked ``Packed`` of ``datatype``, or None when any value would not
     pass (the list path then names the element at fault) or the conversion is not exact."""

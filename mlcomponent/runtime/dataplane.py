@@ -16,6 +16,7 @@ from typing import Any
 
 from mlcomponent.boxes.base import Box
 from mlcomponent.errors import BadRequest, NotFound, NotReady
+from mlcomponent.protocol.packed import pack_checked_lists
 from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
 from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
@@ -105,6 +106,8 @@ class DataPlane:
             batcher.arrive()  # a batch forming now may wait for this request
         try:
             request = self.decode(body)
+            if self.spec.numpy:
+                pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
             deadline = self.deadline(request, arrived)
             staged_inputs = staged_outputs = None
             if request.has_files:
