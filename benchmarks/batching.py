@@ -12,9 +12,7 @@ CPU 0, as in run.py.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,11 +37,7 @@ def servers(port: int, work: Path, model: str) -> dict[str, bench.Server]:
     manifest = {"iris": ROOT / "examples/iris/mlcomponent.yaml", "fixed": HERE / "models/fixed/mlcomponent.yaml"}[model]
     ours = [python, "-m", "mlcomponent", "serve", str(manifest), "--port", str(port), "--data-root", str(iris_data),
             "--log-level", "warning", "--max-queue", "1024"]
-    mlserver_dir = work / f"mlserver-{model}"
-    shutil.copytree(HERE / "peers" / f"mlserver-{model}", mlserver_dir, dirs_exist_ok=True)
-    (mlserver_dir / "settings.json").write_text(orjson.dumps({
-        "http_port": port, "grpc_port": bench.free_port(), "parallel_workers": 0, "debug": False,
-        "metrics_endpoint": None, "gzip_enabled": False}).decode())
+    mlserver_dir = bench.mlserver_folder(work, f"mlserver-{model}", port)
     name = MODELS[model][0]
     path = f"/v2/models/{name}/infer"
     return {
@@ -58,12 +52,11 @@ def servers(port: int, work: Path, model: str) -> dict[str, bench.Server]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench.arguments(__doc__, "batching.md")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", default="1,8,64,256")
     parser.add_argument("--models", default="fixed,iris")
     parser.add_argument("--only", default="on,off,mlserver")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "batching.md")
     args = parser.parse_args()
     levels = [int(c) for c in args.connections.split(",")]
     work = Path(tempfile.mkdtemp(prefix="mlc-batching-"))

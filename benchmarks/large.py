@@ -17,10 +17,8 @@ client on CPU 0.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,11 +37,7 @@ def servers(port: int, work: Path) -> dict[str, bench.Server]:
     python = sys.executable
     ours = [python, "-m", "mlcomponent", "serve", "--port", str(port), "--data-root", str(work / "mlc-data"),
             "--log-level", "warning", "--max-json-body", "1024"]
-    mlserver_dir = work / "mlserver-large"
-    shutil.copytree(HERE / "peers" / "mlserver-large", mlserver_dir, dirs_exist_ok=True)
-    (mlserver_dir / "settings.json").write_text(orjson.dumps({
-        "http_port": port, "grpc_port": bench.free_port(), "parallel_workers": 0, "debug": False,
-        "metrics_endpoint": None, "gzip_enabled": False}).decode())
+    mlserver_dir = bench.mlserver_folder(work, "mlserver-large", port)
     return {
         "numpy": bench.Server("mlcomponent, `data: numpy`",
                               [*ours[:4], str(HERE / "models/double/mlcomponent-numpy.yaml"), *ours[4:]], ROOT),
@@ -98,10 +92,9 @@ def timed(port: int, values: array[float], binary: bool, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench.arguments(__doc__, "large.md")
     parser.add_argument("--sizes", default="1000000,16000000")
     parser.add_argument("--only", default="numpy,lists,mlserver,kserve")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "large.md")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="mlc-large-"))
