@@ -56,13 +56,26 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def servers(port: int, work: Path) -> dict[str, Server]:
-    python = sys.executable
-    mlserver_dir = work / "mlserver"
-    shutil.copytree(HERE / "peers" / "mlserver", mlserver_dir, dirs_exist_ok=True)
-    (mlserver_dir / "settings.json").write_text(orjson.dumps({
+def mlserver_folder(work: Path, peer: str, port: int) -> Path:
+    """A copy of ``peers/<peer>`` with MLServer's fastest settings: parallel workers, debug, metrics, gzip off."""
+    folder = work / peer
+    shutil.copytree(HERE / "peers" / peer, folder, dirs_exist_ok=True)
+    (folder / "settings.json").write_text(orjson.dumps({
         "http_port": port, "grpc_port": free_port(), "parallel_workers": 0, "debug": False,
         "metrics_endpoint": None, "gzip_enabled": False}).decode())
+    return folder
+
+
+def arguments(doc: str | None, out: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as help, ``--out`` (default ``results/<out>``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / out)
+    return parser
+
+
+def servers(port: int, work: Path) -> dict[str, Server]:
+    python = sys.executable
+    mlserver_dir = mlserver_folder(work, "mlserver", port)
     return {
         "mlcomponent": Server("mlcomponent", [python, "-m", "mlcomponent", "serve",
                                               str(HERE / "models/double/mlcomponent.yaml"), "--port", str(port),
@@ -196,12 +209,11 @@ def file_round_trip(port: int, size: int = 10 * MB, repeat: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "latest.md")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", default="1,8,64")
     parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
     args = parser.parse_args()
     peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
     if peers_missing or not shutil.which("wrk"):
@@ -245,13 +257,17 @@ def main() -> None:
     args.out.write_text(table)
 
 
+def machine(client: str = "wrk") -> str:
+    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
+           if Path("/proc/cpuinfo").exists() else "unknown CPU")
+    return f"{os.cpu_count()} cores, {cpu}; server on CPU 1, {client} on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}"
+
+
 def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     names = {"mlcomponent": "mlcomponent (defaults)", "mlserver": "MLServer 1.7.1, parallel workers off",
              "kserve": "KServe 0.21 ModelServer", "bare": "bare uvicorn (ceiling)"}
-    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
-           if Path("/proc/cpuinfo").exists() else "unknown CPU")
-    lines = [f"Machine: {os.cpu_count()} cores, {cpu}; server on CPU 1, wrk on CPU 0; "
-             f"{time.strftime('%Y-%m-%d')}", "",
+    load = os.getloadavg()
+    lines = [f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", "",
              "| server | " + " | ".join(f"req/s @{c}" for c in levels) + " | " +
              " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
              "|---" * (2 * len(levels) + 4) + "|"]

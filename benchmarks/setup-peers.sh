@@ -9,7 +9,7 @@ make_venv() {  # name, packages...
   if [ ! -x ".venv-$name/bin/python" ]; then "$python" -m venv ".venv-$name"; fi
   ".venv-$name/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
 }
-make_venv mlserver "mlserver==1.7.1" &
+make_venv mlserver "mlserver==1.7.1" "scikit-learn>=1.4" "joblib>=1.3" &
 make_venv kserve "kserve==0.21.0" &
 wait
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }

@@ -133,6 +133,10 @@ def validate(manifest: str) -> None:
 @click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
+@click.option("--max-batch-size", type=int, help="Rows per merged call, overriding the docstring's Batching "
+              "(1: no merging).")
+@click.option("--max-batch-delay", type=float, help="Milliseconds a request may wait for its batch to fill, "
+              "overriding the docstring's Batching.")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
 @click.option("--no-limits", is_flag=True, help="Do not hold the manifest's memory limit on the inference worker.")
 @click.option("--hide-errors", is_flag=True, help="Answer a failed call with its exception type and request id "
@@ -149,8 +153,9 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
-          isolate: bool, reload: bool, no_limits: bool, hide_errors: bool, keep_files: str, header_timeout: float,
-          body_timeout: float, max_connections: int | None) -> None:
+          isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool, no_limits: bool,
+          hide_errors: bool, keep_files: str, header_timeout: float, body_timeout: float,
+          max_connections: int | None) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
@@ -178,7 +183,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
         hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
-        max_connections=max_connections)
+        max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)

@@ -15,6 +15,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from mlcomponent.runtime.events import Observer
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -39,6 +40,11 @@ class Metrics(Observer):
                                 multiprocess_mode="max", registry=registry)
         self.file_bytes = Counter("mlcomponent_file_bytes_total", "Bytes of FILE data moved.", ["direction"],
                                   registry=registry)
+        self.batch_size = Histogram("mlcomponent_batch_size", "Requests merged into one call of the function "
+                                    "(Batching).", buckets=BATCH_BUCKETS, registry=registry)
+        self.batch_queue_seconds = Histogram("mlcomponent_batch_queue_seconds", "Seconds a request waited to be "
+                                             "batched before its call was sent.", buckets=(0.0001, 0.00025, *BUCKETS),
+                                             registry=registry)
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -55,6 +61,11 @@ class Metrics(Observer):
 
     def inference_finished(self, seconds: float) -> None:
         self.inference_seconds.observe(seconds)
+
+    def batch_sent(self, size: int, waits: list[float]) -> None:
+        self.batch_size.observe(size)
+        for wait in waits:
+            self.batch_queue_seconds.observe(wait)
 
     def model_loaded(self, seconds: float) -> None:
         self.model_load.set(seconds)

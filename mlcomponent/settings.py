@@ -54,6 +54,8 @@ class ServeOptions:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int | None = None  # None: from the open-file limit
+    max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
+    max_batch_delay: float | None = None  # milliseconds
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -32,6 +32,10 @@ def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
         ]
     if spec.example is not None:
         parameters["example"] = spec.example
+    if spec.batching is not None:
+        parameters["batching"] = {"max_batch_size": spec.batching.max_batch_size,
+                                  "max_batch_delay_ms": spec.batching.max_batch_delay * 1000,
+                                  "data": "numpy" if spec.batching.numpy else "lists"}
     return {
         "name": name,
         "versions": [],

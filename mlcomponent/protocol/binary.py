@@ -4,6 +4,9 @@ A request or response body is JSON followed by raw tensor bytes; the
 ``Inference-Header-Content-Length`` header says where the JSON ends. Each binary
 tensor says its byte size in ``parameters.binary_data_size``, in order. Numbers are
 little-endian; a str/BYTES element is a 4-byte little-endian length and its UTF-8 bytes.
+
+Numeric tensors stay bytes both ways (``Packed``, a view of the body): no list is built
+here, and a function that takes numpy arrays never sees one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlcomponent.errors import BadRequest
+from mlcomponent.protocol.packed import ITEMSIZE, Packed
 from mlcomponent.protocol.tensors import canonical_datatype
 
 HEADER = "inference-header-content-length"
@@ -22,17 +26,13 @@ TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
 LENGTH = struct.Struct("<I")
 
 
-def _numbers(datatype: str, chunk: bytes, where: str) -> list[Any]:
-    values = array(TYPECODES[datatype])
-    if len(chunk) % values.itemsize:
+def _numbers(datatype: str, chunk: memoryview, where: str) -> Packed:
+    if len(chunk) % ITEMSIZE[datatype]:
         raise BadRequest(f"{where}: {len(chunk)} bytes is not a whole number of {datatype} elements")
-    values.frombytes(chunk)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values.tolist()
+    return Packed(datatype, chunk)
 
 
-def _strings(chunk: bytes, where: str) -> list[str]:
+def _strings(chunk: memoryview, where: str) -> list[str]:
     values, offset = [], 0
     while offset < len(chunk):
         if offset + 4 > len(chunk):
@@ -42,7 +42,7 @@ def _strings(chunk: bytes, where: str) -> list[str]:
         if offset + size > len(chunk):
             raise BadRequest(f"{where}: BYTES element at byte {offset} runs past the data")
         try:
-            values.append(chunk[offset:offset + size].decode("utf-8"))
+            values.append(str(chunk[offset:offset + size], "utf-8"))
         except UnicodeDecodeError:
             raise BadRequest(f"{where}: element {len(values)} is not UTF-8 text (str)") from None
         offset += size
@@ -62,6 +62,7 @@ def decode(raw: bytes, json_length: str) -> Any:
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"malformed JSON header of a binary request: {error}") from None
     offset = split
+    view = memoryview(raw)
     inputs = body.get("inputs") if isinstance(body, dict) else None
     for index, item in enumerate(inputs if isinstance(inputs, list) else []):  # decode_request refuses the rest
         params = item.get("parameters") if isinstance(item, dict) else None
@@ -71,7 +72,7 @@ def decode(raw: bytes, json_length: str) -> Any:
         size = params.pop("binary_data_size")
         if not isinstance(size, int) or size < 0 or offset + size > len(raw):
             raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
-        chunk = raw[offset:offset + size]
+        chunk = view[offset:offset + size]
         offset += size
         datatype = canonical_datatype(item.get("datatype"))
         if datatype in TYPECODES:
@@ -85,7 +86,9 @@ def decode(raw: bytes, json_length: str) -> Any:
     return body
 
 
-def _encode_tensor(datatype: str, data: list[Any]) -> bytes:
+def _encode_tensor(datatype: str, data: Any) -> Any:
+    if isinstance(data, Packed):
+        return data.raw if data.datatype == datatype else _encode_tensor(datatype, data.tolist())
     if datatype in TYPECODES:
         values = array(TYPECODES[datatype], data)
         if sys.byteorder == "big":
@@ -99,13 +102,18 @@ def _encode_tensor(datatype: str, data: list[Any]) -> bytes:
 
 
 def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[list[bytes], int] | None:
-    """Move the data of the outputs the client wants in binary after the JSON; None when there are none."""
+    """Move the data of the outputs the client wants in binary after the JSON; None when there are none.
+
+    The outputs that stay in the JSON get their packed data as lists (in ``body``, in place).
+    """
     import orjson
 
-    blobs: list[bytes] = []
+    blobs: list[Any] = []
     for output in body["outputs"]:
         datatype = canonical_datatype(output["datatype"])
         if datatype == "FILE" or not wants_binary(output["name"]):
+            if isinstance(output.get("data"), Packed):
+                output["data"] = output["data"].tolist()
             continue
         blob = _encode_tensor(datatype or "", output.pop("data"))
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}

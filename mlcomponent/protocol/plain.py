@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlcomponent.protocol.packed import Packed
+
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -18,6 +20,8 @@ def as_plain(value: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
+    if kind is Packed:
+        return value  # raw bytes already: the fastest form there is
     if kind is list or kind is tuple:
         if set(map(type, value)) <= _SCALARS:
             return value if kind is list else list(value)

@@ -14,6 +14,7 @@ from mlcomponent.protocol.tensors import (
     canonical_datatype,
     count_problem,
     flatten_with_kinds,
+    min_max,
     shape_problem,
     values_problem,
 )
@@ -94,7 +95,8 @@ def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], conte
         return
     if declared.range is not None and data:
         low, high = declared.range
-        if not (low <= min(data) and max(data) <= high):  # C speed; find the culprit only on failure
+        smallest, largest = min_max(data)
+        if not (low <= smallest and largest <= high):  # C speed; find the culprit only on failure
             index, value = next((i, v) for i, v in enumerate(data) if not low <= v <= high)
             raise SpecViolation(f"{where}: element {index} = {value!r} is outside the declared range [{low:g}, {high:g}]")
     if declared.values is not None:

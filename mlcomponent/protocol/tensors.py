@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlcomponent.protocol.packed import Packed, bounds, packed_problem
 from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -23,9 +24,12 @@ def canonical_datatype(datatype: Any) -> str | None:
     return datatype if datatype in DATATYPES else None
 
 
-def flatten_with_kinds(data: Any) -> tuple[list[Any], set[type]]:
+def flatten_with_kinds(data: Any) -> tuple[Any, set[type]]:
     """Row-major flattening of nested lists (a flat list is returned as it is, checked at C speed),
-    and the set of its elements' types, computed once and reused by the value checks."""
+    and the set of its elements' types, computed once and reused by the value checks.
+    A ``Packed`` tensor is flat already and is returned as it is."""
+    if type(data) is Packed:
+        return data, {Packed}
     if not isinstance(data, list):
         return [data], {type(data)}
     kinds = set(map(type, data))
@@ -49,7 +53,7 @@ def _flatten_nested(data: list[Any]) -> list[Any]:
     return flat
 
 
-def count_problem(shape: list[int], data: list[Any]) -> str | None:
+def count_problem(shape: list[int], data: Any) -> str | None:
     """Why ``data`` cannot fill ``shape`` (row-major), or None."""
     expected = math.prod(shape)
     if len(data) != expected:
@@ -68,14 +72,20 @@ def shape_problem(shape: Any) -> str | None:
 NUMBER_KINDS = frozenset({int, float})
 
 
-def values_problem(datatype: str, data: list[Any], allow_nan: bool = False,
+def values_problem(datatype: str, data: Any, allow_nan: bool = False,
                    kinds: set[type] | None = None) -> str | None:
     """Why the flat ``data`` does not fit ``datatype``, or None.
 
     The common case (everything fine) is decided with C-speed builtins over the whole
     list (``set(map(type, ...))``, ``min``, ``max``, ``sum``); only a list that fails
-    them is walked element by element to name the first bad one.
+    them is walked element by element to name the first bad one. A ``Packed`` tensor is
+    checked on its bytes (``packed_problem``), never element by element.
     """
+    if type(data) is Packed:
+        if data.datatype == datatype:
+            return packed_problem(data, allow_nan)
+        data = data.tolist()
+        kinds = None
     if not data or datatype == "FILE":
         return None
     if kinds is None:
@@ -92,6 +102,13 @@ def values_problem(datatype: str, data: list[Any], allow_nan: bool = False,
             if datatype == "FP64" or (-FP32_MAX <= min(data) and max(data) <= FP32_MAX):
                 return None
     return _first_problem(datatype, data, allow_nan)
+
+
+def min_max(data: Any) -> tuple[Any, Any]:
+    """The smallest and largest element of a non-empty flat tensor (list or ``Packed``)."""
+    if type(data) is Packed:
+        return bounds(data)
+    return min(data), max(data)
 
 
 def _first_problem(datatype: str, data: list[Any], allow_nan: bool) -> str | None:

@@ -36,9 +36,10 @@ class RequestedOutput:
 
 @dataclass(slots=True)
 class StagedFile:
-    """A FILE input or output placed in the request folder, as the function will see it."""
+    """A FILE input or output placed in the request folder, as the function will see it
+    (for a merged batch: the list of the members' paths)."""
 
-    path: str
+    path: str | list[str]
     content_type: str | None
 
 

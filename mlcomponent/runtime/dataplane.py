@@ -16,9 +16,11 @@ from typing import Any
 
 from mlcomponent.boxes.base import Box
 from mlcomponent.errors import BadRequest, NotFound, NotReady
+from mlcomponent.protocol.packed import pack_checked_lists
 from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
 from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
+from mlcomponent.runtime.batching import Batcher
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.files import FileKeys, RequestFiles
 from mlcomponent.runtime.health import Health
@@ -46,6 +48,7 @@ class DataPlane:
         self.observer = observer or Observer()
         self.health = Health.STARTING
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
+        self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
 
     @property
     def ready(self) -> bool:
@@ -54,7 +57,7 @@ class DataPlane:
 
     @property
     def queued(self) -> int:
-        return self.runner.waiting
+        return self.runner.waiting + (self.batcher.waiting if self.batcher is not None else 0)
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
@@ -71,6 +74,11 @@ class DataPlane:
         if self.runner.waiting >= self.limits.max_queue:
             raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "
                            f"waiting (--max-queue {self.limits.max_queue}); retry shortly", retry_after=1)
+        batcher = self.batcher
+        if batcher is not None and batcher.waiting >= self.limits.max_queue * batcher.max_batch_size:
+            raise NotReady(f"model {self.model_name!r} is busy: {batcher.waiting} requests are already waiting to "
+                           f"be batched (--max-queue {self.limits.max_queue} calls of up to "
+                           f"{batcher.max_batch_size} rows); retry shortly", retry_after=1)
 
     def decode(self, body: Any) -> InferenceRequest:
         request = decode_request(body, self.spec)
@@ -96,16 +104,29 @@ class DataPlane:
 
         The caller owns ``files`` and cleans it up, whatever happens.
         """
-        request = self.decode(body)
-        deadline = self.deadline(request, arrived)
-        staged_inputs = staged_outputs = None
-        if request.has_files:
-            staged_inputs, staged_outputs = await asyncio.to_thread(
-                lambda: (files.stage_inputs(request), files.stage_outputs(request)))
-        parameters, inputs, output_fields = request.function_arguments(staged_inputs, staged_outputs)
+        batcher = self.batcher
+        if batcher is not None:
+            batcher.arrive()  # a batch forming now may wait for this request
+        try:
+            request = self.decode(body)
+            if self.spec.numpy:
+                pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
+            deadline = self.deadline(request, arrived)
+            staged_inputs = staged_outputs = None
+            if request.has_files:
+                staged_inputs, staged_outputs = await asyncio.to_thread(
+                    lambda: (files.stage_inputs(request), files.stage_outputs(request)))
+        except BaseException:
+            if batcher is not None:
+                batcher.leave()
+            raise
         started = time.perf_counter()
         try:
-            returned = await self.runner.call(parameters, inputs, output_fields, deadline)
+            if batcher is not None:
+                returned = await batcher.call(request, staged_inputs, staged_outputs, deadline)
+            else:
+                parameters, inputs, output_fields = request.function_arguments(staged_inputs, staged_outputs)
+                returned = await self.runner.call(parameters, inputs, output_fields, deadline)
         finally:
             self.observer.inference_finished(time.perf_counter() - started)
         outputs = check_outputs(returned, request, self.spec)

@@ -21,5 +21,8 @@ class Observer:
     def model_loaded(self, seconds: float) -> None:
         """The warm-up call (the docstring's Example) took ``seconds``."""
 
+    def batch_sent(self, size: int, waits: list[float]) -> None:
+        """A batch of ``size`` requests went to the function; ``waits``: seconds each waited to be batched."""
+
     def files_moved(self, bytes_in: int, bytes_out: int) -> None:
         """One request copied FILE data in from and out to the file box."""

@@ -8,11 +8,21 @@ Frames are length-prefixed pickles on the worker's own pipes::
                       | ("invalid", message)  (the function raised InvalidInput: a 400)
                       | ("bad_return", message) | ("expired",)            per call, in order
                       | ("memory", peak_bytes)  (over the memory limit; the worker then exits)
+
+Large tensors (``protocol/packed.py``'s ``Packed``) travel as pickle protocol 5
+out-of-band buffers: the pickle holds a reference, the bytes follow it raw, so nothing
+is copied into the pickle and no per-element object is made on either side. A frame
+with buffers sets the top bit of its length; after the header come the number of
+buffers and their sizes, the pickle, then the buffers::
+
+    <Q length>                       plain frame: the pickle
+    <Q length | FLAG> <I n> <Q size>*n pickle buffer*n
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from collections.abc import Mapping
@@ -20,25 +30,121 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 HEADER = struct.Struct("<Q")
+COUNT = struct.Struct("<I")
+FLAG = 1 << 63  # the frame carries out-of-band buffers
 CONFIG_ENV = "MLCOMPONENT_WORKER_CONFIG"
 
 
+def frame_parts(message: Any) -> list[Any]:
+    """The frame of ``message`` as parts to write in order (large buffers are not copied)."""
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    if not buffers:
+        return [HEADER.pack(len(payload)) + payload]
+    raws = [b.raw() for b in buffers]
+    table = COUNT.pack(len(raws)) + b"".join(HEADER.pack(r.nbytes) for r in raws)
+    length = len(table) + len(payload) + sum(r.nbytes for r in raws)
+    return [HEADER.pack(length | FLAG) + table + payload, *raws]
+
+
 def frame(message: Any) -> bytes:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(payload)) + payload
+    parts = frame_parts(message)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def write_frame(stream: IO[bytes], message: Any) -> None:
-    stream.write(frame(message))
-    stream.flush()
+def frame_end(buffer: bytearray | bytes) -> int | None:
+    """The size of the first whole frame in ``buffer``, or None while it is incomplete."""
+    if len(buffer) < HEADER.size:
+        return None
+    (length,) = HEADER.unpack_from(buffer)
+    end = HEADER.size + (length & ~FLAG)
+    return end if len(buffer) >= end else None
+
+
+def load_frame(data: bytearray | bytes) -> Any:
+    """The message in one whole frame; its buffers stay views of ``data`` (no copy)."""
+    (length,) = HEADER.unpack_from(data)
+    if not length & FLAG:
+        return pickle.loads(memoryview(data)[HEADER.size:])
+    view = memoryview(data)
+    (count,) = COUNT.unpack_from(view, HEADER.size)
+    offset = HEADER.size + COUNT.size
+    sizes = [HEADER.unpack_from(view, offset + HEADER.size * i)[0] for i in range(count)]
+    offset += HEADER.size * count
+    payload_end = len(view) - sum(sizes)
+    buffers = []
+    position = payload_end
+    for size in sizes:
+        buffers.append(view[position:position + size])
+        position += size
+    return pickle.loads(view[offset:payload_end], buffers=buffers)
+
+
+PIPE_SIZE = 1 << 20  # Linux's default cap for unprivileged processes (/proc/sys/fs/pipe-max-size)
+
+
+def widen_pipes(*fds: int) -> None:
+    """Ask for 1 MB pipe buffers (Linux; 64 KB by default): a large tensor crosses in a few wake-ups."""
+    import fcntl
+
+    for fd in fds:
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+        except OSError:
+            pass  # not Linux, or over the cap: the default size works, only slower
+
+
+class FrameReader:
+    """Frames from a pipe's file descriptor, several per read: ``pending`` says whether another
+    whole frame is already here, so the worker answers a burst of calls with one write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        return frame_end(self.buffer) is not None
+
+    def read(self) -> Any:
+        """The next message (blocking until it is whole), or None at the end of the stream."""
+        while (end := frame_end(self.buffer)) is None:
+            chunk = os.read(self.fd, PIPE_SIZE)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        if end == len(self.buffer):
+            whole, self.buffer = self.buffer, bytearray()  # writable, and no copy for a large frame
+        else:
+            whole = self.buffer[:end]
+            del self.buffer[:end]
+        return load_frame(whole)
+
+
+def write_frame(stream: IO[bytes], message: Any, flush: bool = True) -> None:
+    for part in frame_parts(message):
+        stream.write(part)
+    if flush:
+        stream.flush()
 
 
 def read_frame(stream: IO[bytes]) -> Any:
     header = stream.read(HEADER.size)
     if len(header) < HEADER.size:
         return None
-    (size,) = HEADER.unpack(header)
-    return pickle.loads(stream.read(size))
+    (length,) = HEADER.unpack(header)
+    if not length & FLAG:
+        return pickle.loads(stream.read(length))
+    data = bytearray(HEADER.size + (length & ~FLAG))  # writable: numpy arrays over it can be written
+    data[:HEADER.size] = header
+    view = memoryview(data)
+    filled = HEADER.size
+    while filled < len(data):
+        got = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+        if not got:
+            return None
+        filled += got
+    return load_frame(data)
 
 
 @dataclass(frozen=True)

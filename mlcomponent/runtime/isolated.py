@@ -41,7 +41,7 @@ from mlcomponent.errors import (
 )
 from mlcomponent.runtime import memory
 from mlcomponent.runtime.events import Observer
-from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame
+from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame, frame_end, load_frame
 from mlcomponent.spec.model import FunctionSpec
 
 log = logging.getLogger("mlcomponent.worker")
@@ -137,23 +137,23 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.memory_peak: int | None = None  # over the memory limit (its own report, or our watch)
         self.retiring = False  # it said "memory" and exits by itself: no call of its is running
         self.stopped_because: str | None = None  # we killed it, and why
+        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while len(buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer)
-            end = HEADER.size + size
-            if len(buffer) < end:
-                return
+        self.buffer += data
+        while (end := frame_end(self.buffer)) is not None:
+            if end == len(self.buffer):  # the usual case: hand the whole buffer over, no copy
+                whole, self.buffer = self.buffer, bytearray()
+            else:
+                whole = self.buffer[:end]
+                del self.buffer[:end]
             try:
-                message = pickle.loads(bytes(buffer[HEADER.size:end]))
+                message = load_frame(whole)
             except Exception as error:  # noqa: BLE001 - any unpickling failure is that call's alone
-                message = ("bad_return", unreadable_reply(bytes(buffer[HEADER.size:end]), error))
-            del buffer[:end]
+                message = ("bad_return", unreadable_reply(bytes(whole[HEADER.size:]), error))
             if self.hello.done():
                 self.on_message(message)
             else:
@@ -189,10 +189,16 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.on_lost(self)
 
     def write(self, frame: bytes) -> None:
-        assert self.transport is not None
-        pipe = self.transport.get_pipe_transport(0)
+        """Queue a frame; the frames of one loop iteration go in one write (one wake-up of the worker)."""
+        self._outgoing.append(frame)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outgoing = self._outgoing, []
+        pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
         if pipe is not None and not pipe.is_closing():
-            pipe.write(frame)
+            pipe.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     @property
     def returncode(self) -> int | None:

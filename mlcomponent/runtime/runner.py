@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mlcomponent.errors import BadFunctionOutput, FunctionFailed, InvalidInput, NotReady, Timeout
+from mlcomponent.protocol.packed import function_data, pack_outputs
 from mlcomponent.runtime.entrypoint import InferenceFunction
 from mlcomponent.runtime.worker import exception_name
 from mlcomponent.spec.model import FunctionSpec
@@ -65,7 +66,8 @@ class InProcessRunner:
     def call_sync(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                   output_fields: list[dict[str, Any]]) -> Any:
         try:
-            result = self.function(parameters, inputs, output_fields, self.model_key, self.model)
+            result = self.function(parameters, function_data(inputs, self.spec.numpy), output_fields,
+                                   self.model_key, self.model)
         except InvalidInput:
             raise
         except Exception as error:
@@ -76,7 +78,7 @@ class InProcessRunner:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")
         outputs, self.model = result
-        return outputs
+        return pack_outputs(outputs, output_fields, {t.name: t.allow_nan for t in self.spec.outputs})
 
     async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                    output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any:

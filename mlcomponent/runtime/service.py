@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from mlcomponent.errors import EntryPointError
+from mlcomponent.runtime.batching import Batcher, batching_for
 from mlcomponent.runtime.dataplane import DataPlane, Limits
 from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
 from mlcomponent.runtime.events import Observer
@@ -25,7 +26,7 @@ from mlcomponent.runtime.runner import InProcessRunner, Runner
 from mlcomponent.runtime.warmup import example_problem, warm_up
 from mlcomponent.settings import Settings
 from mlcomponent.spec.docstring import DocstringSpecError, spec_of
-from mlcomponent.spec.model import FunctionSpec
+from mlcomponent.spec.model import BatchingSpec, FunctionSpec
 
 log = logging.getLogger("mlcomponent.service")
 
@@ -72,8 +73,16 @@ async def check_entry_point(settings: Settings) -> None:
     try:
         spec = await runner.start()
         check_example(settings.manifest.inference.entry_point.python_function, spec)
+        check_batching(settings, spec)
     finally:
         await runner.close()
+
+
+def check_batching(settings: Settings, spec: FunctionSpec) -> BatchingSpec | None:
+    """The batching in force for this function (None: requests one call each); refuses bad flags."""
+    options = settings.options
+    delay = None if options.max_batch_delay is None else options.max_batch_delay / 1000
+    return batching_for(spec, options.max_batch_size, delay, settings.manifest.inference.entry_point.python_function)
 
 
 class Service:
@@ -96,6 +105,12 @@ class Service:
     async def start(self) -> None:
         spec = await self.runner.start()
         self.dataplane.spec = spec
+        batching = check_batching(self.settings, spec)
+        if batching is not None:
+            self.dataplane.batcher = Batcher(self.runner, batching.max_batch_size, batching.max_batch_delay,
+                                             self.dataplane.observer)
+            log.info("batching: up to %d rows per call, waiting at most %g ms for a batch to fill",
+                     batching.max_batch_size, batching.max_batch_delay * 1000)
         keep = self.settings.options.keep_files
         if keep is not None:
             plane = self.dataplane

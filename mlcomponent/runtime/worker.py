@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import resource
 import sys
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlcomponent.errors import InvalidInput
-from mlcomponent.protocol.plain import as_plain
-from mlcomponent.runtime.frames import CONFIG_ENV, WorkerConfig, read_frame, write_frame
+from mlcomponent.protocol.packed import function_data, pack_outputs
+from mlcomponent.runtime.frames import CONFIG_ENV, FrameReader, WorkerConfig, widen_pipes, write_frame
 
 MB = 1024 * 1024
 
@@ -72,40 +71,49 @@ def prefer_me_for_the_oom_killer() -> None:
         pass  # not Linux, or not allowed: the parent's watch still holds the limit
 
 
-def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes],
+def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes], spec: Any = None,
                 memory_limit: int | None = None) -> None:
     model: Any = None
+    numpy = bool(spec is not None and spec.numpy)
+    allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
+    reader = FrameReader(source.fileno())
+
+    def reply(message: Any) -> None:  # answers to a burst of calls go in one write
+        write_frame(sink, message, flush=not reader.pending)
+
     while True:
-        message = read_frame(source)
+        message = reader.read()
         if message is None:
             return  # the parent closed the pipe: it is gone or shutting down
         _, parameters, inputs, output_fields, deadline = message
         if deadline is not None and time.time() > deadline:
-            write_frame(sink, ("expired",))  # answered 504 already: never start it
+            reply(("expired",))  # answered 504 already: never start it
             continue
         try:
-            result = function(parameters, inputs, output_fields, model_key, model)
+            result = function(parameters, function_data(inputs, numpy), output_fields, model_key, model)
         except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
             if not over_memory_limit(sink, memory_limit):
-                write_frame(sink, failure_reply(error))
+                reply(failure_reply(error))
                 continue
             return
         if over_memory_limit(sink, memory_limit):
             return
         if not isinstance(result, tuple) or len(result) != 2:
-            write_frame(sink, ("bad_return", f"inference returned {type(result).__name__}; it must return a "
-                                             "tuple (outputs, model)"))
+            reply(("bad_return", f"inference returned {type(result).__name__}; it must return a "
+                                 "tuple (outputs, model)"))
             continue
         outputs, model = result
         try:
-            write_frame(sink, ("ok", as_plain(outputs)))  # numpy at any depth becomes lists here
-        except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as error:
-            write_frame(sink, ("bad_return", f"inference returned outputs that cannot be sent: {error}"))
+            # numeric numpy arrays travel as raw buffers; other numpy values (any depth) become lists here
+            reply(("ok", pack_outputs(outputs, output_fields, allow_nan)))
+        except Exception as error:  # noqa: BLE001 - pickling, or a numpy value we cannot convert
+            reply(("bad_return", f"inference returned outputs that cannot be sent: {error}"))
 
 
 def main() -> int:
     source = os.fdopen(os.dup(0), "rb")
     sink = os.fdopen(os.dup(1), "wb")
+    widen_pipes(source.fileno(), sink.fileno())
     os.dup2(2, 1)  # user prints go to stderr
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -135,7 +143,7 @@ def main() -> int:
     gc.collect()
     gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
     gc.set_threshold(20_000, 50, 100)
-    serve_calls(function, config.model_key, source, sink, config.memory_limit)
+    serve_calls(function, config.model_key, source, sink, spec, config.memory_limit)
     return 0
 
 

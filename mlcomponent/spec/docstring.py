@@ -29,9 +29,18 @@ from typing import Any
 
 import yaml
 
-from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES, PARAMETER_TYPES, FunctionSpec, ParameterSpec, TensorSpec
+from mlcomponent.spec.model import (
+    DATATYPE_ALIASES,
+    DATATYPES,
+    PARAMETER_TYPES,
+    BatchingSpec,
+    FunctionSpec,
+    ParameterSpec,
+    TensorSpec,
+)
 
-SECTION_NAMES = ("inputs", "outputs", "parameters", "example")
+SECTION_NAMES = ("inputs", "outputs", "parameters", "example", "batching")
+BATCHING_KEYS = ("max_batch_size", "max_batch_delay", "data")
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z ]*):\s*$")
 _ENTRY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)\s*\((?P<attrs>.*)\)\s*:\s*(?P<desc>.*)$")
 TENSOR_FLAGS = {"optional", "nan"}
@@ -185,8 +194,11 @@ def parse_docstring(doc: str | None, first_source_line: int | None = None) -> Fu
     outputs = _build(sections, "outputs", _tensor, first_source_line)
     parameters = _build(sections, "parameters", _parameter, first_source_line)
     example = _example(sections.get("example"), first_source_line)
+    batching = _batching(sections.get("batching"), first_source_line)
     spec = FunctionSpec(summary=lines[0], inputs=inputs, outputs=outputs, parameters=parameters,
-                        example=example, declared=True)
+                        example=example, batching=batching, declared=True)
+    if batching is not None and batching.merges:
+        _check_batchable(spec, first_source_line)
     if example is not None:
         _check_example(spec, example, sections["example"][0][0], first_source_line)
     return spec
@@ -254,13 +266,7 @@ def _example(body: list[tuple[int, str]] | None, first_source_line: int | None) 
     if not body or not any(text.strip() for _, text in body):
         return None
     start = body[0][0]
-    try:
-        data = yaml.safe_load(textwrap.dedent("\n".join(text for _, text in body)))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        last = max(number for number, text in body if text.strip())
-        line = min(start + mark.line, last) if mark else start
-        raise _error(f"Example is not valid YAML: {getattr(error, 'problem', error)}", line, first_source_line) from None
+    data = _yaml_section(body, "Example", first_source_line)
     if not isinstance(data, dict) or not set(data) <= {"inputs", "parameters"}:
         raise _error("Example must be a mapping with `inputs:` (name: value) and optionally `parameters:`",
                      start, first_source_line)
@@ -268,6 +274,64 @@ def _example(body: list[tuple[int, str]] | None, first_source_line: int | None) 
         if not isinstance(data.get(key) or {}, dict):
             raise _error(f"Example {key} must map names to values", start, first_source_line)
     return {"inputs": data.get("inputs") or {}, "parameters": data.get("parameters") or {}}
+
+
+def _yaml_section(body: Section, name: str, first_source_line: int | None) -> Any:
+    start = body[0][0]
+    try:
+        return yaml.safe_load(textwrap.dedent("\n".join(text for _, text in body)))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        last = max(number for number, text in body if text.strip())
+        line = min(start + mark.line, last) if mark else start
+        raise _error(f"{name} is not valid YAML: {getattr(error, 'problem', error)}", line, first_source_line) from None
+
+
+def milliseconds(value: Any) -> float | None:
+    """``5``, ``5ms``, ``0.5 ms`` or ``1s`` as seconds; None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) / 1000 if value >= 0 else None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", value)
+        if match:
+            number = float(match.group(1))
+            return number if match.group(2) == "s" else number / 1000
+    return None
+
+
+def _batching(body: Section | None, first_source_line: int | None) -> BatchingSpec | None:
+    """``Batching:`` as a YAML mapping: max_batch_size, max_batch_delay (ms), data (lists or numpy)."""
+    if not body or not any(text.strip() for _, text in body):
+        return None
+    start = body[0][0]
+    data = _yaml_section(body, "Batching", first_source_line)
+
+    def fail(message: str) -> DocstringSpecError:
+        return _error(f"Batching: {message}", start, first_source_line)
+
+    if not isinstance(data, dict):
+        raise fail("must be a mapping, e.g. `max_batch_size: 32`, `max_batch_delay: 5` (ms), `data: numpy`")
+    unknown = [key for key in data if key not in BATCHING_KEYS]
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r}; keys are: {', '.join(BATCHING_KEYS)}")
+    size = data.get("max_batch_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise fail(f"max_batch_size must be a whole number of rows, at least 1, got {size!r}")
+    delay = milliseconds(data.get("max_batch_delay", 5))
+    if delay is None:
+        raise fail(f"max_batch_delay must be milliseconds (a number, or e.g. 5ms, 0.1s), got {data['max_batch_delay']!r}")
+    mode = data.get("data", "lists")
+    if mode not in ("lists", "numpy"):
+        raise fail(f"data must be `lists` (the default) or `numpy`, got {mode!r}")
+    return BatchingSpec(max_batch_size=size, max_batch_delay=delay, numpy=mode == "numpy", line=start)
+
+
+def _check_batchable(spec: FunctionSpec, first_source_line: int | None) -> None:
+    problem = spec.batching_problem()
+    if problem is not None:
+        raise _error(problem[0], problem[1], first_source_line)
 
 
 def _check_example(spec: FunctionSpec, example: dict[str, Any], line: int, first: int | None) -> None:

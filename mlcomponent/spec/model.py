@@ -84,6 +84,25 @@ def _number(value: float) -> str:
 
 
 @dataclass(frozen=True)
+class BatchingSpec:
+    """The docstring's ``Batching:`` section: how the function wants to be called.
+
+    ``max_batch_size`` rows at most per merged call (1: never merge); ``max_batch_delay``
+    seconds at most that a request waits for others to join it; ``numpy``: numeric inputs
+    arrive as flat numpy arrays instead of lists.
+    """
+
+    max_batch_size: int = 1
+    max_batch_delay: float = 0.005
+    numpy: bool = False
+    line: int = 0
+
+    @property
+    def merges(self) -> bool:
+        return self.max_batch_size > 1
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """The whole contract of one inference function."""
 
@@ -92,6 +111,7 @@ class FunctionSpec:
     outputs: tuple[TensorSpec, ...] = ()
     parameters: tuple[ParameterSpec, ...] = ()
     example: dict[str, Any] | None = None
+    batching: BatchingSpec | None = None
     declared: bool = False
     source: str | None = None
     inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
@@ -102,6 +122,32 @@ class FunctionSpec:
         self.inputs_by_name.update({t.name: t for t in self.inputs})
         self.outputs_by_name.update({t.name: t for t in self.outputs})
         self.parameters_by_name.update({p.name: p for p in self.parameters})
+
+    @property
+    def merges(self) -> bool:
+        """Whether concurrent requests may be merged into one call (``Batching:`` with a size over 1)."""
+        return self.batching is not None and self.batching.merges
+
+    @property
+    def numpy(self) -> bool:
+        """Whether numeric inputs reach the function as flat numpy arrays (``Batching: data: numpy``)."""
+        return self.batching is not None and self.batching.numpy
+
+    def batching_problem(self) -> tuple[str, int] | None:
+        """Why requests cannot be merged for this function (message, docstring line), or None:
+        a merging function's tensors have the batch as their first dimension (FILE: one file per row)."""
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for tensor in tensors:
+                if tensor.datatype == "FILE":
+                    ok = tensor.shape in ((1,), (-1,))
+                    want = "shape=[1] (one file per request; a batch gets a list of paths)"
+                else:
+                    ok = bool(tensor.shape) and tensor.shape[0] == -1
+                    want = "a first dimension of -1 (the batch: any number of rows)"
+                if not ok:
+                    return (f"Batching: {kind} {tensor.name!r} has shape {list(tensor.shape)}; a function that "
+                            f"merges requests needs {want}", tensor.line)
+        return None
 
     @property
     def default_outputs(self) -> list[TensorSpec]:

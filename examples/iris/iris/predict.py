@@ -31,6 +31,11 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
         min_confidence (float, default=0.0, range=[0, 1]): rows whose best probability is
             lower get the label from IRIS_UNSURE_LABEL (spec.env; "?" without it) instead of a species.
 
+    Batching:
+        max_batch_size: 64
+        max_batch_delay: 2
+        data: numpy
+
     Example:
         inputs:
           features: [[5.1, 3.5, 1.4, 0.2]]
@@ -41,6 +46,8 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     if not features["data"]:
         raise InvalidInput(f"features has no rows (shape {features['shape']}); send at least one row of four "
                            "measurements")
+    # Batching: concurrent requests arrive merged (their rows one after the other) and each
+    # output's rows are split back to them; `data: numpy` gives flat numpy arrays.
     rows = np.asarray(features["data"], dtype=np.float32).reshape(features["shape"])
     probabilities = model.predict_proba(rows)
     best = probabilities.argmax(axis=1)
@@ -49,8 +56,8 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     labels = [SPECIES[i] if probabilities[n, i] >= threshold else unsure for n, i in enumerate(best)]
     values = {
         "label": ("str", labels, [len(rows)]),
-        "class_index": ("INT32", best.astype(int).tolist(), [len(rows)]),
-        "probabilities": ("FP32", probabilities.astype(np.float32).ravel().tolist(), list(probabilities.shape)),
+        "class_index": ("INT32", best.astype(np.int32), [len(rows)]),
+        "probabilities": ("FP32", probabilities.astype(np.float32).ravel(), list(probabilities.shape)),
     }
     outputs = []
     for field in output_fields or [{"name": "label"}, {"name": "class_index"}]:

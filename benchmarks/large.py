@@ -1,0 +1,149 @@
+"""Large tensors, side by side in one run: 1M and 16M FP32 values in and out, JSON and binary,
+mlcomponent against MLServer and KServe, each on its fastest path.
+
+    .venv/bin/python benchmarks/large.py   # about 5 minutes; writes benchmarks/results/large.md
+
+- mlcomponent: `double.arrays` (the function declares `data: numpy`), and the spec's default
+  (lists) for reference; `--max-json-body 1024` so that 16M values fit in JSON.
+- MLServer 1.7.1: NumpyCodec in and out; its REST API has no binary extension, so JSON only.
+- KServe 0.21: numpy in and out (`as_numpy`, `set_data_from_numpy`), binary when the request
+  asks for binary outputs.
+
+The client is `http.client` on one kept-alive connection (httpx alone costs 40 ms for a
+4 MB echo on this machine), the same for every server. Each figure is the median of a few
+requests after one warm-up; the answer's values are checked once. Servers on CPU 1, the
+client on CPU 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import statistics
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+
+import orjson
+import run as bench
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def servers(port: int, work: Path) -> dict[str, bench.Server]:
+    python = sys.executable
+    ours = [python, "-m", "mlcomponent", "serve", "--port", str(port), "--data-root", str(work / "mlc-data"),
+            "--log-level", "warning", "--max-json-body", "1024"]
+    mlserver_dir = bench.mlserver_folder(work, "mlserver-large", port)
+    return {
+        "numpy": bench.Server("mlcomponent, `data: numpy`",
+                              [*ours[:4], str(HERE / "models/double/mlcomponent-numpy.yaml"), *ours[4:]], ROOT),
+        "lists": bench.Server("mlcomponent, lists (the spec's default)",
+                              [*ours[:4], str(HERE / "models/double/mlcomponent.yaml"), *ours[4:]], ROOT),
+        "mlserver": bench.Server("MLServer 1.7.1, NumpyCodec", [str(HERE / ".venv-mlserver/bin/mlserver"), "start",
+                                                                 str(mlserver_dir)], mlserver_dir,
+                                 ready_path="/v2/models/double/ready"),
+        "kserve": bench.Server("KServe 0.21, numpy", [str(HERE / ".venv-kserve/bin/python"),
+                                                      str(HERE / "peers/kserve_large.py"), str(port)], HERE),
+    }
+
+
+def request(values: array[float], binary: bool) -> tuple[bytes, dict[str, str]]:
+    n = len(values)
+    if binary:
+        header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [n],
+                                           "parameters": {"binary_data_size": 4 * n}}],
+                               "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+        return header + values.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                           "Content-Type": "application/octet-stream"}
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [n], "data": values.tolist()}]}), \
+        {"Content-Type": "application/json"}
+
+
+def check(answer: bytes, headers: http.client.HTTPMessage, values: array[float], binary: bool) -> None:
+    if binary:
+        split = int(headers["Inference-Header-Content-Length"])
+        got = array("f")
+        got.frombytes(answer[split:])
+    else:
+        got = array("f", orjson.loads(answer)["outputs"][0]["data"])
+    assert len(got) == len(values) and got[7] == values[7] * 2 and got[-1] == values[-1] * 2, "wrong answer"
+
+
+def timed(port: int, values: array[float], binary: bool, repeat: int) -> float:
+    body, headers = request(values, binary)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    timings = []
+    for attempt in range(repeat + 1):
+        started = time.perf_counter()
+        connection.request("POST", "/v2/models/double/infer", body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        timings.append(time.perf_counter() - started)
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {answer[:300]!r}")
+        if attempt == 0:
+            check(answer, response.headers, values, binary)
+    connection.close()
+    return statistics.median(timings[1:])
+
+
+def main() -> None:
+    parser = bench.arguments(__doc__, "large.md")
+    parser.add_argument("--sizes", default="1000000,16000000")
+    parser.add_argument("--only", default="numpy,lists,mlserver,kserve")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="mlc-large-"))
+    os.sched_setaffinity(0, {0})
+    data = {n: array("f", (float(i % 1000) for i in range(n))) for n in sizes}
+    load = os.getloadavg()
+    results: dict[str, dict[tuple[int, bool], float]] = {}
+    for key in args.only.split(","):
+        port = bench.free_port()
+        server = servers(port, work)[key]
+        print(f"== {server.name}", file=sys.stderr)
+        with bench.running(server, port, work / f"{key}.log"):
+            for n in sizes:
+                for binary in (False, True):
+                    if binary and key == "mlserver":
+                        continue
+                    if key == "lists" and n > 1_000_000 and not binary:
+                        continue  # minutes per request: lists of 16M Python floats
+                    repeat = 5 if n <= 1_000_000 else 3 if binary else 2
+                    results.setdefault(key, {})[n, binary] = seconds = timed(port, data[n], binary, repeat)
+                    print(f"   {n:>10,} {'binary' if binary else 'JSON'}: {seconds:.3f} s", file=sys.stderr)
+    table = render(results, sizes, servers(0, work), load)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+def render(results: dict[str, dict[tuple[int, bool], float]], sizes: list[int], names: dict[str, bench.Server],
+           load: tuple[float, float, float]) -> str:
+    columns = [(n, b) for n in sizes for b in (False, True)]
+    lines = [f"Machine: {bench.machine('the client')}; load average before the run {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+             "", "| seconds, FP32 in and out | " + " | ".join(
+                 f"{n / 1e6:g}M {'binary' if b else 'JSON'}" for n, b in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for key, row in results.items():
+        lines.append(f"| {names[key].name} | " + " | ".join(
+            f"{row[c]:.3f}" if c in row else "—" for c in columns) + " |")
+    if "numpy" in results:
+        ours = results["numpy"]
+        lines += ["", "| ratio | " + " | ".join(f"{n / 1e6:g}M" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        lines.append("| mlcomponent JSON / binary (`data: numpy`) | " + " | ".join(
+            f"{ours[n, False] / ours[n, True]:.1f}×" for n in sizes) + " |")
+        peers = {k: v for k, v in results.items() if k in ("mlserver", "kserve")}
+        if peers:
+            lines.append("| best peer's fastest path / mlcomponent binary | " + " | ".join(
+                f"{min(v for p in peers.values() for (m, _), v in p.items() if m == n) / ours[n, True]:.1f}×"
+                for n in sizes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
