@@ -18,7 +18,7 @@ import psutil
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, run_cli, serve, serve_fixture, write_manifest
+from tests.support import Server, free_port, run_cli, serve, serve_fixture, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 MB = 1024 * 1024
@@ -386,7 +386,7 @@ def test_a_missing_or_empty_token_refuses_to_start_and_names_it(tmp_path: Path, 
                                                                  env: dict[str, str], needle: str) -> None:
     (tmp_path / "empty").write_text("\n")
     manifest = write_manifest(tmp_path, "echo.inference")
-    result = run_cli("serve", str(manifest), "--port", "0", *[a.format(folder=tmp_path) for a in args], env=env)
+    result = run_cli("serve", str(manifest), "--port", str(free_port()), *[a.format(folder=tmp_path) for a in args], env=env)
     assert result.returncode == 1
     assert needle in result.stderr and result.stderr.startswith("cannot start: --auth-token-"), result.stderr
 
