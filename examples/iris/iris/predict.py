@@ -43,7 +43,7 @@ def inference(parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
     if model is None:
         model = joblib.load(model_key)
     features = next(i for i in inputs if i["name"] == "features")
-    if not features["data"]:
+    if len(features["data"]) == 0:
         raise InvalidInput(f"features has no rows (shape {features['shape']}); send at least one row of four "
                            "measurements")
     # Batching: concurrent requests arrive merged (their rows one after the other) and each
