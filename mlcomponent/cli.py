@@ -82,12 +82,13 @@ def validate(manifest: str) -> None:
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Run the function in a child process (crash isolation, hard timeouts).")
 @click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
+@click.option("--grpc-port", type=int, help="Also serve the protocol's gRPC service on this port (off by default).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
-          isolate: bool, reload: bool) -> None:
+          isolate: bool, reload: bool, grpc_port: int | None) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
@@ -106,7 +107,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
         max_inputs=max_inputs, max_elements=max_elements,
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
-        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate)
+        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, grpc_port=grpc_port)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
@@ -119,7 +120,8 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     os.environ[OPTIONS_ENV] = options.to_env()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_fresh_metrics_dir(settings.data_root)))
-    click.echo(f"serving {settings.model_name} on http://{host}:{port} "
+    click.echo(f"serving {settings.model_name} on http://{host}:{port}"
+               f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
                f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
         "mlcomponent.http.factory:app", factory=True, host=host, port=port,

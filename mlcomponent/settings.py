@@ -42,6 +42,7 @@ class ServeOptions:
     auth_token_file: str | None = None
     grace_period: float = 30.0
     isolate: bool = True
+    grpc_port: int | None = None  # the protocol's gRPC service beside HTTP (off unless asked)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -68,7 +68,7 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
 def test_a_call_past_its_deadline_is_504_ran_once_and_the_next_succeeds(isolated: tuple[Server, Path]) -> None:
     server, log = isolated
     before = len(calls_logged(log))
-    response = call(server, "sleep", seconds=30, timeout=0.5, tag="slow")
+    response = call(server, "sleep", seconds=30, timeout=500_000, tag="slow")  # microseconds, as Triton's
     assert response.status_code == 504, response.text
     assert "did not finish within the request's deadline" in response.json()["error"]
     after = call(server, "echo", tag="next")
@@ -268,12 +268,12 @@ def test_metrics_move_and_request_ids_are_echoed_and_logged(tmp_path: Path) -> N
                                  headers={"X-Request-ID": "broken-one"})
             assert failed.status_code == 500
             after = client.get("/metrics").text
-    assert 'mlcomponent_requests_total{endpoint="infer",status="200"} 1.0' in after
-    assert 'mlcomponent_requests_total{endpoint="infer",status="400"} 1.0' in after
-    assert 'mlcomponent_requests_total{endpoint="infer",status="200"}' not in before
-    assert 'mlcomponent_requests_total{endpoint="infer",status="500"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="400",transport="http"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}' not in before
+    assert 'mlcomponent_requests_total{endpoint="infer",status="500",transport="http"} 1.0' in after
     assert "mlcomponent_inference_seconds_count 2.0" in after
-    assert 'mlcomponent_request_seconds_bucket{endpoint="infer",le="+Inf"} 3.0' in after
+    assert 'mlcomponent_request_seconds_bucket{endpoint="infer",le="+Inf",transport="http"} 3.0' in after
     logged = [json.loads(line) for line in server.output().splitlines() if '"request_id": "broken-one"' in line]
     assert logged and all(entry["level"] == "error" for entry in logged)
     assert any("asked to fail" in entry["message"] for entry in logged)
@@ -306,5 +306,5 @@ def test_several_workers_each_hold_their_own_model_and_metrics_add_up(tmp_path: 
         assert len(pids) == 2, "requests never reached a second worker"
         metrics = httpx.get(server.url + "/metrics").text
     served = [line for line in metrics.splitlines()
-              if line.startswith('mlcomponent_requests_total{endpoint="infer",status="200"}')]
+              if line.startswith('mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}')]
     assert served and float(served[0].split()[1]) >= 2

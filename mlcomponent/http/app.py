@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,7 +36,15 @@ async def _render_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def create_app(service: Service, metrics: Metrics) -> Gateway:
+class Transport(Protocol):
+    """Another transport over the same service (gRPC), started and stopped with this app."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+def create_app(service: Service, metrics: Metrics, transports: Sequence[Transport] = ()) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
     infer = InferEndpoint(plane, options.max_json_body, options.max_upload)
@@ -45,9 +54,15 @@ def create_app(service: Service, metrics: Metrics) -> Gateway:
         if threading.current_thread() is threading.main_thread():
             on_terminate(service.on_terminate)
         await service.start()
+        started: list[Transport] = []
         try:
+            for transport in transports:
+                await transport.start()
+                started.append(transport)
             yield
         finally:
+            for transport in started:  # HTTP has drained by now; let the other transports drain too
+                await transport.stop(options.grace_period)
             await service.stop()
 
     app = Starlette(routes=routes(Endpoints(plane, metrics), infer), lifespan=lifespan,

@@ -34,7 +34,8 @@ def endpoint_of(path: str) -> str:
         return "ready" if path.endswith("/ready") else "model_metadata"
     if path.startswith("/v2/health/"):
         return "health"
-    return {"/v2": "server_metadata", "/metrics": "metrics", "/": "playground"}.get(path, "other")
+    return {"/v2": "server_metadata", "/v2/": "server_metadata", "/metrics": "metrics",
+            "/": "playground"}.get(path, "other")
 
 
 class Gateway:

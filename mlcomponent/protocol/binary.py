@@ -49,6 +49,19 @@ def _strings(chunk: bytes, where: str) -> list[str]:
     return values
 
 
+def decode_tensor(datatype: Any, chunk: bytes, where: str) -> list[Any]:
+    """One tensor's raw bytes (this extension, or gRPC's raw contents) as a flat list of plain values.
+
+    A FILE tensor's raw bytes are its key, encoded as one BYTES element.
+    """
+    canonical = canonical_datatype(datatype)
+    if canonical in TYPECODES:
+        return _numbers(canonical, chunk, where)
+    if canonical in ("str", "FILE"):
+        return _strings(chunk, where)
+    raise BadRequest(f"{where}: datatype {datatype!r} cannot be sent as binary data")
+
+
 def decode(raw: bytes, json_length: str) -> Any:
     """Split a binary request into its JSON and fill each binary input's ``data``."""
     import orjson
@@ -72,19 +85,14 @@ def decode(raw: bytes, json_length: str) -> Any:
             raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
         chunk = raw[offset:offset + size]
         offset += size
-        datatype = canonical_datatype(item.get("datatype"))
-        if datatype in TYPECODES:
-            item["data"] = _numbers(datatype, chunk, where)
-        elif datatype == "str":
-            item["data"] = _strings(chunk, where)
-        else:
-            raise BadRequest(f"{where}: datatype {item.get('datatype')!r} cannot be sent as binary data")
+        item["data"] = decode_tensor(item.get("datatype"), chunk, where)
     if offset != len(raw):
         raise BadRequest(f"the body has {len(raw) - offset} bytes after the last binary input")
     return body
 
 
-def _encode_tensor(datatype: str, data: list[Any]) -> bytes:
+def encode_tensor(datatype: str, data: list[Any]) -> bytes:
+    """A flat list of values (our datatype names) as raw little-endian bytes; str and FILE as BYTES elements."""
     if datatype in TYPECODES:
         values = array(TYPECODES[datatype], data)
         if sys.byteorder == "big":
@@ -106,7 +114,7 @@ def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[l
         datatype = canonical_datatype(output["datatype"])
         if datatype == "FILE" or not wants_binary(output["name"]):
             continue
-        blob = _encode_tensor(datatype or "", output.pop("data"))
+        blob = encode_tensor(datatype or "", output.pop("data"))
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
         blobs.append(blob)
     if not blobs:
