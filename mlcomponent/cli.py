@@ -223,7 +223,7 @@ def _typed_input(raw: str, datatype: str | None) -> object:
 def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files: tuple[str, ...],
           output_dir: str | None, outputs: tuple[str, ...], file_outputs: tuple[str, ...], model: str | None,
           as_json: bool, timeout: float, token_env: str | None) -> None:
-    """Call a running service at URL and print its outputs."""
+    """Call a running service at URL (http://HOST:PORT, or grpc://HOST:PORT/MODEL) and print its outputs."""
     import json
 
     from mlcomponent.cli_output import print_result, transfer_progress

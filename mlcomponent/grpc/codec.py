@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import grpc
 from open_inference.grpc.protocol import (
     InferParameter,
     InferTensorContents,
@@ -34,6 +35,11 @@ from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.protocol.tensors import canonical_datatype
 from mlcomponent.protocol.types import InferenceResponse
 
+SERVICE = "inference.GRPCInferenceService"
+# The gRPC status code of each HTTP status the service answers with (errors.py), both ways.
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+         500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 _NUMBER_FIELDS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents"}
 _ALL_FIELDS = ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
                "fp32_contents", "fp64_contents", "bytes_contents")

@@ -15,7 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mlcomponent.grpc.service import SERVICE, Calls, Health, InferenceService
+from mlcomponent.grpc.codec import SERVICE
+from mlcomponent.grpc.service import Calls, Health, InferenceService
 from mlcomponent.metrics import Metrics
 from mlcomponent.runtime.dataplane import DataPlane
 

@@ -39,7 +39,7 @@ from open_inference.grpc.protocol import (
 
 from mlcomponent import __version__
 from mlcomponent.errors import BadRequest, MLComponentError, NotReady
-from mlcomponent.grpc.codec import metadata_message, request_body, response_message
+from mlcomponent.grpc.codec import CODES, SERVICE, metadata_message, request_body, response_message
 from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.routes import EXTENSIONS
 from mlcomponent.logs import request_id
@@ -48,10 +48,6 @@ from mlcomponent.protocol.types import InferenceResponse
 from mlcomponent.runtime.dataplane import DataPlane
 
 log = logging.getLogger("mlcomponent.grpc")
-SERVICE = "inference.GRPCInferenceService"
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 UNAUTHENTICATED = "this endpoint needs `authorization: Bearer <token>` metadata; the token was missing or wrong"
 _PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-g"
 
