@@ -207,7 +207,7 @@ def test_schemathesis_finds_no_5xx_and_every_answer_matches_the_protocols_schema
                                     "response_schema_conformance,response_headers_conformance,unsupported_method",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "10", "--seed", "7", "--workers", "1",
          "--report", "junit", "--report-junit-path", str(junit), "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-8000:] + ran.stderr[-2000:]
     operations = {case.get("name", "") for case in ElementTree.parse(junit).getroot().iter("testcase")}
     assert f"POST /v2/models/{name}/infer" in operations, operations
