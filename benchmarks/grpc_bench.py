@@ -20,14 +20,11 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +34,7 @@ import psutil
 from open_inference.grpc.protocol import ModelInferRequest, ModelInferResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BODY, HERE, MB, ROOT, PeakRss, free_port, tree_rss, wrk  # noqa: E402
+from run import BODY, HERE, MB, ROOT, PeakRss, free_port, pinned, rate_cells, ratio_rows, tree_rss, wrk  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -93,22 +90,6 @@ def answer_size(port: int, deadline_s: float = 120) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-@contextmanager
-def running(server: GrpcServer, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as sink:
-        process = subprocess.Popen(["taskset", "-c", "1", *server.command], cwd=server.cwd, stdout=sink,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **server.env}, start_new_session=True)
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def h2load(port: int, streams: int, seconds: int, body: Path, size: int, work: Path) -> dict[str, float]:
@@ -169,7 +150,7 @@ def main() -> None:
             print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
             continue
         print(f"== {server.name}", file=sys.stderr)
-        with running(server, work / f"{key}.log") as process:
+        with pinned(server.command, server.cwd, server.env, work / f"{key}.log") as process:
             try:
                 size = answer_size(port)
             except grpc.RpcError:
@@ -202,23 +183,12 @@ def render(results: dict[str, dict[str, object]], levels: list[int], before: tup
     names = {"bare": "bare grpcio asyncio servicer (ceiling)", "mlcomponent": "mlcomponent (defaults)",
              "mlserver": "MLServer 1.7.1, parallel workers off", "kserve": "KServe 0.21 ModelServer"}
     for key, row in results.items():
-        runs = [row[n] for n in levels]
-        lines.append(f"| {names[key]} | "
-                     + " | ".join(f"{r['rps']:,.0f}" for r in runs) + " | "  # type: ignore[index]
-                     + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + " | "  # type: ignore[index]
-                     + f"{sum(int(r['errors']) for r in runs)} | "  # type: ignore[index]
-                     + f"{max(r['generator_cpu'] for r in runs):.0%} | "  # type: ignore[index]
-                     + f"{int(row['idle_rss']) / MB:.0f} MB | {int(row['loaded_rss']) / MB:.0f} MB |")  # type: ignore[call-overload]
+        cpu = max(row[n]["generator_cpu"] for n in levels)  # type: ignore[index]
+        lines.append(f"| {names[key]} | {rate_cells(row, levels)} | {cpu:.0%} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[call-overload]
+                     f"{int(row['loaded_rss']) / MB:.0f} MB |")  # type: ignore[call-overload]
     if "mlcomponent" in results:
         mine = results["mlcomponent"]
-        peers = [results[k] for k in ("mlserver", "kserve") if k in results]
-        lines += ["", "| ratio | " + " | ".join(f"@{n}" for n in levels) + " |", "|---" * (len(levels) + 1) + "|"]
-        if peers:
-            lines.append("| mlcomponent gRPC / best of MLServer, KServe gRPC | " + " | ".join(
-                f"{mine[n]['rps'] / max(p[n]['rps'] for p in peers):.2f}×" for n in levels) + " |")  # type: ignore[index]
-        if "bare" in results:
-            lines.append("| mlcomponent gRPC / bare grpcio servicer | " + " | ".join(
-                f"{mine[n]['rps'] / results['bare'][n]['rps']:.0%}" for n in levels) + " |")  # type: ignore[index]
+        lines += ratio_rows(results, levels, "mlcomponent gRPC", "bare grpcio servicer")
         rest = mine["rest"]
         lines.append("| mlcomponent REST (wrk, N connections), req/s | " + " | ".join(
             f"{rest[n]['rps']:,.0f}" for n in levels) + " |")  # type: ignore[index]

@@ -288,7 +288,7 @@ def _grpc_failed(error: Any) -> ClientError:
 
 class _Base:
     def __init__(self, url: str, model: str | None, token: str | None, retries: int, retry_unsafe: bool,
-                 transport: str | None, http_url: str | None) -> None:
+                 transport: str | None, http_url: str | None, timeout: float, channel: str) -> None:
         url = url.rstrip("/")
         self.grpc = transport == "grpc" or url.startswith("grpc://")
         if self.grpc:
@@ -305,6 +305,16 @@ class _Base:
         self.retries = retries
         self.retry_unsafe = retry_unsafe
         self._metadata: dict[str, Any] | None = None
+        self._grpc: Any = None
+        if self.grpc:  # grpcio is imported only by those who use it
+            from mlcomponent.grpc import channel as channels
+
+            self._grpc = getattr(channels, channel)(self.url, token, timeout)
+
+    @property
+    def _http_base(self) -> str:
+        """HTTP calls go to the service; over gRPC only downloads do, to ``http_url``."""
+        return (self.http_url or "") if self.grpc else self.url
 
     def _grpc_model(self) -> str:
         if self.model is None:
@@ -360,14 +370,9 @@ class Client(_Base):
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
                  token: str | None = None, retry_unsafe: bool = False, transport: str | None = None,
                  http_url: str | None = None) -> None:
-        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url)
-        self._grpc: Any = None
-        if self.grpc:
-            from mlcomponent.grpc.channel import Channel
-
-            self._grpc = Channel(self.url, token, timeout)
-        self._http = httpx.Client(base_url=self.http_url or "" if self.grpc else self.url, timeout=timeout,
-                                  headers=self.headers, transport=httpx.HTTPTransport(retries=retries))
+        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url, timeout, "Channel")
+        self._http = httpx.Client(base_url=self._http_base, timeout=timeout, headers=self.headers,
+                                  transport=httpx.HTTPTransport(retries=retries))
 
     def __enter__(self) -> Client:
         return self
@@ -479,14 +484,9 @@ class AsyncClient(_Base):
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
                  token: str | None = None, retry_unsafe: bool = False, transport: str | None = None,
                  http_url: str | None = None) -> None:
-        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url)
-        self._grpc: Any = None
-        if self.grpc:
-            from mlcomponent.grpc.channel import AsyncChannel
-
-            self._grpc = AsyncChannel(self.url, token, timeout)
-        self._http = httpx.AsyncClient(base_url=self.http_url or "" if self.grpc else self.url, timeout=timeout,
-                                       headers=self.headers, transport=httpx.AsyncHTTPTransport(retries=retries))
+        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url, timeout, "AsyncChannel")
+        self._http = httpx.AsyncClient(base_url=self._http_base, timeout=timeout, headers=self.headers,
+                                       transport=httpx.AsyncHTTPTransport(retries=retries))
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -27,17 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from open_inference.grpc import protocol as pb
 from open_inference.grpc.service import GRPCInferenceServiceStub
 
-from mlcomponent.client import (
-    AsyncClient,
-    BadRequestError,
-    Client,
-    DeadlineExceeded,
-    InferenceError,
-    NotFoundError,
-    NotReadyError,
-    ServiceUnavailable,
-    UnauthorizedError,
-)
+from mlcomponent import client as mc
 from tests.support import Server, free_port, run_cli, serve, wait_ready, write_manifest
 
 MODEL = "test-model"
@@ -248,26 +238,26 @@ def test_reflection_lists_the_service_for_grpcurl(echo: GrpcServer) -> None:
 
 
 def test_the_python_client_and_cli_speak_grpc(echo: GrpcServer) -> None:
-    with Client(f"grpc://{echo.target}/{MODEL}") as client:
+    with mc.Client(f"grpc://{echo.target}/{MODEL}") as client:
         assert client.live() and client.ready()
         result = client.infer([{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, 2.5]},
                                {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["hé"]}],
                               outputs=["x", "s"], request_id="cli-1")
         assert result["x"].tolist() == [1.5, 2.5] and result["s"].tolist() == ["hé"] and result.id == "cli-1"
-        with pytest.raises(BadRequestError, match=r"input 'x': shape \[3\] needs 3 elements, data has 1"):
+        with pytest.raises(mc.BadRequestError, match=r"input 'x': shape \[3\] needs 3 elements, data has 1"):
             client.infer([{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}])
-        with pytest.raises(BadRequestError, match="datatype 'FP16' cannot be sent over gRPC"):
+        with pytest.raises(mc.BadRequestError, match="datatype 'FP16' cannot be sent over gRPC"):
             client.infer([{"name": "x", "datatype": "FP16", "shape": [1], "data": [1]}])
-    with Client(echo.target, transport="grpc", model="other") as other, pytest.raises(NotFoundError):
+    with mc.Client(echo.target, transport="grpc", model="other") as other, pytest.raises(mc.NotFoundError):
         other.metadata()
 
     async def async_call() -> Any:
-        async with AsyncClient(f"grpc://{echo.target}", MODEL) as client:
+        async with mc.AsyncClient(f"grpc://{echo.target}", MODEL) as client:
             return (await client.infer([{"name": "x", "datatype": "INT32", "shape": [1], "data": [4]}],
                                        outputs=["x"]))["x"].tolist()
 
     assert asyncio.run(async_call()) == [4]
-    with Client(f"grpc://127.0.0.1:{free_port()}/{MODEL}", timeout=5) as nobody, pytest.raises(ServiceUnavailable):
+    with mc.Client(f"grpc://127.0.0.1:{free_port()}/{MODEL}", timeout=5) as nobody, pytest.raises(mc.ServiceUnavailable):
         nobody.metadata()
     printed = run_cli("infer", f"grpc://{echo.target}/{MODEL}", "-i", "x=1,2", "--output", "x", "--json")
     assert printed.returncode == 0, printed.stderr
@@ -327,7 +317,7 @@ def test_the_reserved_timeout_in_microseconds_is_deadline_exceeded_with_our_mess
     error = server.error(do("sleep", seconds=30, timeout=300_000))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "did not finish within the request's deadline" in error.details()
-    with Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(DeadlineExceeded):
+    with mc.Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(mc.DeadlineExceeded):
         client.infer({"x": [1]}, parameters={"do": "sleep", "seconds": 30}, timeout=0.3)
 
 
@@ -345,7 +335,7 @@ def test_a_full_queue_is_unavailable_with_retry_after(behaviours: tuple[GrpcServ
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert "already waiting (--max-queue 1)" in error.details()
         assert ("retry-after", "1") in error.trailing_metadata()
-        with Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(NotReadyError) as refused:
+        with mc.Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(mc.NotReadyError) as refused:
             client.infer({"x": [1]})
         assert refused.value.retry_after == 1
         assert first.result().outputs and second.result().outputs
@@ -383,9 +373,9 @@ def test_bearer_auth_guards_the_data_rpcs_and_leaves_health_open(tmp_path: Path)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         good = (("authorization", "Bearer s3cret"),)
         assert stub.ModelInfer(request(("x", "INT32", [1], [1]), outputs=["x"]), metadata=good).outputs[0].name == "x"
-        with Client(f"grpc://{server.target}/{MODEL}", token="s3cret") as client:
+        with mc.Client(f"grpc://{server.target}/{MODEL}", token="s3cret") as client:
             assert client.infer({"x": [3]}, outputs=["x"])["x"].tolist() == [3]
-        with Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(UnauthorizedError):
+        with mc.Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(mc.UnauthorizedError):
             client.metadata()
 
 
@@ -405,12 +395,12 @@ def test_file_keys_in_and_out_over_grpc(tmp_path: Path) -> None:
         assert raw_output(response, "content_type") == ["text/plain"]  # guessed from the key's name
         downloaded = httpx.get(server.http.url + copy.parameters["path"].string_param)
         assert downloaded.content == b"hello over grpc"
-        with Client(f"grpc://{server.target}/{MODEL}", http_url=server.http.url) as client:
+        with mc.Client(f"grpc://{server.target}/{MODEL}", http_url=server.http.url) as client:
             result = client.infer([{"name": "doc", "datatype": "FILE", "shape": [1], "data": ["users/alice/notes.txt"]}],
                                   outputs=[{"name": "copy", "parameters": {"datatype": "FILE"}}])
             target = client.download(result.files["copy"], tmp_path / "out/")
             assert target.read_bytes() == b"hello over grpc"
-            with pytest.raises(InferenceError):
+            with pytest.raises(mc.InferenceError):
                 client.infer([{"name": "doc", "datatype": "FILE", "shape": [1], "data": ["users/alice/notes.txt"]}],
                              outputs=[{"name": "copy", "parameters": {"datatype": "FILE"}}], parameters={"mode": "raise"})
 

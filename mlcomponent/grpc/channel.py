@@ -11,15 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from open_inference.grpc.protocol import (
-    ModelInferResponse,
-    ModelMetadataRequest,
-    ModelMetadataResponse,
-    ModelReadyRequest,
-    ModelReadyResponse,
-    ServerLiveRequest,
-    ServerLiveResponse,
-)
+from open_inference.grpc import protocol as pb
 
 from mlcomponent.grpc.codec import CODES, SERVICE, infer_request, metadata_body, response_body
 
@@ -50,10 +42,10 @@ def _method(channel: Any, name: str, response: Any) -> Any:
 
 class _Stubs:
     def __init__(self, channel: Any) -> None:
-        self.live = _method(channel, "ServerLive", ServerLiveResponse)
-        self.ready = _method(channel, "ModelReady", ModelReadyResponse)
-        self.metadata = _method(channel, "ModelMetadata", ModelMetadataResponse)
-        self.infer = _method(channel, "ModelInfer", ModelInferResponse)
+        self.live = _method(channel, "ServerLive", pb.ServerLiveResponse)
+        self.ready = _method(channel, "ModelReady", pb.ModelReadyResponse)
+        self.metadata = _method(channel, "ModelMetadata", pb.ModelMetadataResponse)
+        self.infer = _method(channel, "ModelInfer", pb.ModelInferResponse)
 
 
 def _auth(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -77,15 +69,15 @@ class Channel:
 
     def live(self) -> bool:
         try:
-            return bool(self._call(self._stubs.live, ServerLiveRequest()).live)
+            return bool(self._call(self._stubs.live, pb.ServerLiveRequest()).live)
         except CallFailed:
             return False
 
     def ready(self, model: str) -> bool:
-        return bool(self._call(self._stubs.ready, ModelReadyRequest(name=model)).ready)
+        return bool(self._call(self._stubs.ready, pb.ModelReadyRequest(name=model)).ready)
 
     def metadata(self, model: str) -> dict[str, Any]:
-        return metadata_body(self._call(self._stubs.metadata, ModelMetadataRequest(name=model)))
+        return metadata_body(self._call(self._stubs.metadata, pb.ModelMetadataRequest(name=model)))
 
     def infer(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return response_body(self._call(self._stubs.infer, infer_request(model, body)))
@@ -115,15 +107,15 @@ class AsyncChannel:
 
     async def live(self) -> bool:
         try:
-            return bool((await self._call("live", ServerLiveRequest())).live)
+            return bool((await self._call("live", pb.ServerLiveRequest())).live)
         except CallFailed:
             return False
 
     async def ready(self, model: str) -> bool:
-        return bool((await self._call("ready", ModelReadyRequest(name=model))).ready)
+        return bool((await self._call("ready", pb.ModelReadyRequest(name=model))).ready)
 
     async def metadata(self, model: str) -> dict[str, Any]:
-        return metadata_body(await self._call("metadata", ModelMetadataRequest(name=model)))
+        return metadata_body(await self._call("metadata", pb.ModelMetadataRequest(name=model)))
 
     async def infer(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return response_body(await self._call("infer", infer_request(model, body)))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -38,16 +38,16 @@ from open_inference.grpc.protocol import (
 )
 
 from mlcomponent import __version__
-from mlcomponent.errors import BadRequest, MLComponentError, NotReady
+from mlcomponent.errors import BadRequest
 from mlcomponent.grpc.codec import CODES, SERVICE, metadata_message, request_body, response_message
 from mlcomponent.http.metadata import model_metadata
+from mlcomponent.http.responses import error_payload
 from mlcomponent.http.routes import EXTENSIONS
 from mlcomponent.logs import request_id
 from mlcomponent.metrics import Metrics
 from mlcomponent.protocol.types import InferenceResponse
 from mlcomponent.runtime.dataplane import DataPlane
 
-log = logging.getLogger("mlcomponent.grpc")
 UNAUTHENTICATED = "this endpoint needs `authorization: Bearer <token>` metadata; the token was missing or wrong"
 _PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-g"
 
@@ -55,16 +55,11 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """The gRPC status code, message and extra trailers for any error (5xx logged, as on REST)."""
-    if not isinstance(error, MLComponentError):
-        log.error("unexpected error on %s", method, exc_info=error)
-        return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}", ()
-    if error.status >= 500:
-        log.error("%s -> %s: %s", method, error.status, error.message)
-    trailers: tuple[tuple[str, str], ...] = ()
-    if isinstance(error, NotReady) and error.retry_after is not None:
-        trailers = (("retry-after", str(error.retry_after)),)
-    return CODES.get(error.status, grpc.StatusCode.UNKNOWN), error.message, trailers
+    """The gRPC status code, message and extra trailers for any error: REST's one renderer decides the
+    message (and logs 5xx), so both transports say the same thing."""
+    status, body, headers = error_payload(error, {"method": "gRPC", "path": method})
+    trailers = tuple((key.decode(), value.decode()) for key, value in headers if key == b"retry-after")
+    return CODES.get(status, grpc.StatusCode.UNKNOWN), orjson.loads(body)["error"], trailers
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
