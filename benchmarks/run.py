@@ -13,6 +13,7 @@ speed moves ±30% with load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -95,12 +96,11 @@ def pinned(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Ite
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        for sig, patience in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):  # politely, then not
+            os.killpg(process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=patience)
+                break
 
 
 @contextmanager
