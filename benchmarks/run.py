@@ -13,6 +13,7 @@ speed moves ±30% with load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -99,11 +101,24 @@ def tree_rss(pid: int) -> int:
 
 
 @contextmanager
-def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def pinned(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A server on CPU 1 (the load generator gets CPU 0), its process group stopped afterwards."""
     with log.open("wb") as sink:
-        process = subprocess.Popen(["taskset", "-c", "1", *server.command], cwd=server.cwd, stdout=sink,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **server.env}, start_new_session=True)
+        process = subprocess.Popen(["taskset", "-c", "1", *command], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, start_new_session=True)
     try:
+        yield process
+    finally:
+        for sig, patience in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):  # politely, then not
+            os.killpg(process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=patience)
+                break
+
+
+@contextmanager
+def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with pinned(server.command, server.cwd, server.env, log) as process:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
@@ -117,13 +132,6 @@ def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[b
                 raise RuntimeError(f"{server.name} not ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
         yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
@@ -263,6 +271,27 @@ def machine(client: str = "wrk") -> str:
     return f"{os.cpu_count()} cores, {cpu}; server on CPU 1, {client} on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}"
 
 
+def rate_cells(row: dict[Any, Any], levels: list[int]) -> str:
+    """req/s, p50/p99 and errors cells of one server's row."""
+    runs = [row[level] for level in levels]
+    return (" | ".join(f"{r['rps']:,.0f}" for r in runs) + " | "
+            + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + f" | {sum(int(r['errors']) for r in runs)}")
+
+
+def ratio_rows(results: dict[str, dict[Any, Any]], levels: list[int], label: str, bare: str) -> list[str]:
+    """mlcomponent's throughput over the better peer's and over the bare server's, per level."""
+    mine = results["mlcomponent"]
+    peers = [results[k] for k in ("mlserver", "kserve") if k in results]
+    lines = ["", "| ratio | " + " | ".join(f"@{c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    if peers:
+        lines.append(f"| {label} / best of MLServer, KServe | " + " | ".join(
+            f"{mine[c]['rps'] / max(p[c]['rps'] for p in peers):.2f}×" for c in levels) + " |")
+    if "bare" in results:
+        lines.append(f"| {label} / {bare} | " + " | ".join(
+            f"{mine[c]['rps'] / results['bare'][c]['rps']:.0%}" for c in levels) + " |")
+    return lines
+
+
 def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     names = {"mlcomponent": "mlcomponent (defaults)", "mlserver": "MLServer 1.7.1, parallel workers off",
              "kserve": "KServe 0.21 ModelServer", "bare": "bare uvicorn (ceiling)"}
@@ -272,21 +301,11 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
              " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
              "|---" * (2 * len(levels) + 4) + "|"]
     for key, row in results.items():
-        runs = [row[c] for c in levels]
-        lines.append(f"| {names[key]} | " + " | ".join(f"{r['rps']:,.0f}" for r in runs) + " | " +  # type: ignore[index]
-                     " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + " | " +  # type: ignore[index]
-                     f"{sum(int(r['errors']) for r in runs)} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[index]
-                     f"{int(row['loaded_rss']) / MB:.0f} MB |")
+        lines.append(f"| {names[key]} | {rate_cells(row, levels)} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[call-overload]
+                     f"{int(row['loaded_rss']) / MB:.0f} MB |")  # type: ignore[call-overload]
     if "mlcomponent" in results:
         mine = results["mlcomponent"]
-        peers = [results[k] for k in ("mlserver", "kserve") if k in results]
-        lines += ["", "| ratio | " + " | ".join(f"@{c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
-        if peers:
-            lines.append("| mlcomponent / best of MLServer, KServe | " + " | ".join(
-                f"{mine[c]['rps'] / max(p[c]['rps'] for p in peers):.2f}×" for c in levels) + " |")  # type: ignore[index]
-        if "bare" in results:
-            lines.append("| mlcomponent / bare uvicorn | " + " | ".join(
-                f"{mine[c]['rps'] / results['bare'][c]['rps']:.0%}" for c in levels) + " |")  # type: ignore[index]
+        lines += ratio_rows(results, levels, "mlcomponent", "bare uvicorn")
         lines += ["", "| 1M FP32 elements in and out (median of 5) | seconds |", "|---|---|"]
         for key in ("mlcomponent", "mlserver", "kserve"):
             if key in results and "large_json" in results[key]:

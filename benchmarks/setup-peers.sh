@@ -12,4 +12,8 @@ make_venv() {  # name, packages...
 make_venv mlserver "mlserver==1.7.1" "scikit-learn>=1.4" "joblib>=1.3" &
 make_venv kserve "kserve==0.21.0" &
 wait
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+# wrk drives HTTP/1.1; h2load (nghttp2-client) drives gRPC, a C load generator that is not the bottleneck
+missing=""
+command -v wrk >/dev/null || missing="$missing wrk"
+command -v h2load >/dev/null || missing="$missing nghttp2-client"
+if [ -n "$missing" ]; then apt-get update -qq && apt-get install -y -qq $missing >/dev/null; fi

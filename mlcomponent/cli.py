@@ -148,6 +148,7 @@ def validate(manifest: str) -> None:
 @click.option("--body-timeout", default=30.0, show_default=True, type=float,
               help="Seconds a request's body may stop arriving.")
 @click.option("--max-connections", type=int, help="Open connections per worker. Default: half the open-file limit.")
+@click.option("--grpc-port", type=int, help="Also serve the protocol's gRPC service on this port (off by default).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
           timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
@@ -155,7 +156,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool, no_limits: bool,
           hide_errors: bool, keep_files: str, header_timeout: float, body_timeout: float,
-          max_connections: int | None) -> None:
+          max_connections: int | None, grpc_port: int | None) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
@@ -183,7 +184,8 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
         hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
-        max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay)
+        max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay,
+        grpc_port=grpc_port)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
@@ -201,7 +203,8 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
     os.environ[OPTIONS_ENV] = options.to_env()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_fresh_metrics_dir(settings.data_root)))
-    click.echo(f"serving {settings.model_name} on http://{host}:{port} "
+    click.echo(f"serving {settings.model_name} on http://{host}:{port}"
+               f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
                f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
         "mlcomponent.http.factory:app", factory=True, host=host, port=port, http=PROTOCOL,
@@ -349,7 +352,7 @@ def _typed_input(raw: str, datatype: str | None) -> object:
 def infer(url: str, inputs: tuple[str, ...], parameters: tuple[str, ...], files: tuple[str, ...],
           output_dir: str | None, outputs: tuple[str, ...], file_outputs: tuple[str, ...], model: str | None,
           as_json: bool, timeout: float, token_env: str | None) -> None:
-    """Call a running service at URL and print its outputs."""
+    """Call a running service at URL (http://HOST:PORT, or grpc://HOST:PORT/MODEL) and print its outputs."""
     import json
 
     from mlcomponent.cli_output import print_result, transfer_progress

@@ -7,6 +7,11 @@
         print(result["label"])                        # numpy array when numpy is installed
         client.download(result.files["predictions"], "out/")   # FILE outputs
 
+Over gRPC (the protocol's ``GRPCInferenceService``): ``Client("grpc://127.0.0.1:8081", "iris")``
+or ``transport="grpc"``; the same methods and results. gRPC has no model index (name the model)
+and no file transfer: FILE inputs are keys in the file box, and FILE outputs download over
+HTTP from ``http_url``.
+
 Inputs are typed from the service's metadata (the docstring spec), so callers give
 values, not datatypes or shapes. Retries are safe: only a connection that failed
 before the request was sent is retried; a request that may have run is never sent
@@ -37,6 +42,7 @@ from typing import IO, Any
 import httpx
 import orjson
 
+from mlcomponent.errors import MLComponentError
 from mlcomponent.protocol.plain import as_plain
 
 __all__ = [
@@ -155,13 +161,15 @@ def _decode_output(output: dict[str, Any]) -> Any:
     return numpy.asarray(data, dtype=object).reshape(shape)
 
 
-def parse_result(body: dict[str, Any]) -> InferenceResult:
+def parse_result(body: dict[str, Any], http_url: str | None = None) -> InferenceResult:
+    """``http_url``: where a FILE output's ``path`` (all a gRPC answer gives) downloads from."""
     outputs, files = {}, {}
     for output in body.get("outputs", []):
         params = output.get("parameters") or {}
         if output.get("datatype") == "FILE":
             key = output["data"][0] if isinstance(output.get("data"), list) else output.get("data")
-            files[output["name"]] = FileOutput(output["name"], key, params.get("url", ""), params.get("content_type"))
+            url = params.get("url") or (f"{http_url}{params['path']}" if http_url and "path" in params else "")
+            files[output["name"]] = FileOutput(output["name"], key, url, params.get("content_type"))
         else:
             outputs[output["name"]] = _decode_output(output)
     return InferenceResult(outputs, files, body)
@@ -173,12 +181,12 @@ _DTYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT
 def _guess_datatype(value: Any) -> str:
     dtype = getattr(value, "dtype", None)
     if dtype is not None:
-        return _DTYPES.get(str(dtype), "str")
+        return _DTYPES.get(str(dtype), "BYTES")
     flat = value
     while isinstance(flat, list) and flat:
         flat = flat[0]
     if isinstance(flat, bool) or isinstance(flat, str):
-        return "str"
+        return "BYTES"
     if isinstance(flat, int):
         return "INT32"
     return "FP32"
@@ -216,6 +224,12 @@ def build_inputs(values: Mapping[str, Any], metadata: Mapping[str, Any] | None) 
         shape = _shape_of(value, spec.get("shape"))
         tensors.append({"name": name, "datatype": datatype, "shape": shape, "data": as_plain(value)})
     return tensors
+
+
+def _check_downloadable(output: FileOutput) -> None:
+    if not output.url:
+        raise ClientError(f"FILE output {output.name!r} ({output.key}) has no download URL: over gRPC, give "
+                          "the service's HTTP address as http_url= (files download over HTTP)")
 
 
 def _download_target(output: FileOutput, destination: str | Path) -> tuple[Path, Path]:
@@ -265,18 +279,53 @@ def _sent_and_failed(method: str, url: str, error: Exception) -> ServiceUnavaila
     return ServiceUnavailable(f"{method} {url} failed after it was sent: {error} (not retried: it may have run)")
 
 
+def _grpc_failed(error: Any) -> ClientError:
+    """A ``CallFailed`` from the gRPC channel as the same typed error REST raises."""
+    if error.status == 0:
+        return ServiceUnavailable(error.message)
+    return _BY_STATUS.get(error.status, ClientError)(error.message, error.status, error.retry_after)
+
+
 class _Base:
-    def __init__(self, url: str, model: str | None, token: str | None, retries: int, retry_unsafe: bool) -> None:
+    def __init__(self, url: str, model: str | None, token: str | None, retries: int, retry_unsafe: bool,
+                 transport: str | None, http_url: str | None, timeout: float, channel: str) -> None:
         url = url.rstrip("/")
-        if "/v2/models/" in url:
+        self.grpc = transport == "grpc" or url.startswith("grpc://")
+        if self.grpc:
+            target, _, rest = url.removeprefix("grpc://").partition("/")
+            url, model = target, model or rest.split("/")[0] or None
+        elif "/v2/models/" in url:
             url, _, rest = url.partition("/v2/models/")
             model = model or rest.split("/")[0]
         self.url = url
+        self.http_url = (http_url or "").rstrip("/") or None
         self.model = model
+        self.token = token
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries = retries
         self.retry_unsafe = retry_unsafe
         self._metadata: dict[str, Any] | None = None
+        self._grpc: Any = None
+        if self.grpc:  # grpcio is imported only by those who use it
+            from mlcomponent.grpc import channel as channels
+
+            self._grpc = getattr(channels, channel)(self.url, token, timeout)
+
+    @property
+    def _http_base(self) -> str:
+        """HTTP calls go to the service; over gRPC only downloads do, to ``http_url``."""
+        return (self.http_url or "") if self.grpc else self.url
+
+    def _grpc_model(self) -> str:
+        if self.model is None:
+            raise ClientError(f"gRPC has no model index: name the model (model=..., or grpc://{self.url}/MODEL)")
+        return self.model
+
+    @staticmethod
+    def _no_files_over_grpc(files: Mapping[str, str | Path] | None) -> None:
+        if files:
+            raise ClientError("gRPC carries no files: put them in the file box and send their keys as the "
+                              "FILE inputs' values, or call the service over http://")
 
     @property
     def _attempts(self) -> int:
@@ -300,7 +349,7 @@ class _Base:
         body: dict[str, Any] = {"inputs": tensors}
         params = dict(parameters or {})
         if timeout is not None:
-            params.setdefault("timeout", timeout)
+            params.setdefault("timeout", max(1, round(timeout * 1_000_000)))  # microseconds, as Triton's clients
         if params:
             body["parameters"] = params
         if outputs:
@@ -319,9 +368,10 @@ class Client(_Base):
     """Synchronous client. ``retries`` applies only to connections that failed before sending."""
 
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 token: str | None = None, retry_unsafe: bool = False) -> None:
-        super().__init__(url, model, token, retries, retry_unsafe)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers,
+                 token: str | None = None, retry_unsafe: bool = False, transport: str | None = None,
+                 http_url: str | None = None) -> None:
+        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url, timeout, "Channel")
+        self._http = httpx.Client(base_url=self._http_base, timeout=timeout, headers=self.headers,
                                   transport=httpx.HTTPTransport(retries=retries))
 
     def __enter__(self) -> Client:
@@ -332,6 +382,18 @@ class Client(_Base):
 
     def close(self) -> None:
         self._http.close()
+        if self._grpc is not None:
+            self._grpc.close()
+
+    def _over_grpc(self, call: Callable[..., Any], *args: Any) -> Any:
+        from mlcomponent.grpc.channel import CallFailed
+
+        try:
+            return call(self._grpc_model(), *args)
+        except CallFailed as error:
+            raise _grpc_failed(error) from None
+        except MLComponentError as error:
+            raise BadRequestError(error.message, 400) from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self._attempts):
@@ -350,6 +412,8 @@ class Client(_Base):
         return self.model
 
     def live(self) -> bool:
+        if self._grpc is not None:
+            return bool(self._grpc.live())
         try:
             return self._http.get("/v2/health/live").status_code == 200
         except httpx.TransportError:
@@ -357,13 +421,19 @@ class Client(_Base):
 
     def ready(self) -> bool:
         try:
+            if self._grpc is not None:
+                return bool(self._over_grpc(self._grpc.ready))
             return self._http.get(f"/v2/models/{self._model()}/ready").status_code == 200
         except (httpx.TransportError, ClientError):
             return False
 
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
-            self._metadata = self._send("GET", f"/v2/models/{self._model()}").json()
+            if self._grpc is not None:
+                self._metadata = self._over_grpc(self._grpc.metadata)
+            else:
+                self._metadata = self._send("GET", f"/v2/models/{self._model()}").json()
+        assert self._metadata is not None
         return self._metadata
 
     def infer(self, inputs: Mapping[str, Any] | list[dict[str, Any]] | None = None, *,
@@ -377,6 +447,9 @@ class Client(_Base):
         ``timeout`` is the service-side deadline (the request's ``timeout`` parameter).
         """
         body = self._request_body(inputs, parameters, outputs, request_id, self.metadata(), timeout)
+        if self._grpc is not None:
+            self._no_files_over_grpc(files)
+            return parse_result(self._over_grpc(self._grpc.infer, body), self.http_url)
         path = f"/v2/models/{self._model()}/infer"
         if not files:
             response = self._send("POST", path, content=orjson.dumps(body),
@@ -390,6 +463,7 @@ class Client(_Base):
     def download(self, output: FileOutput, destination: str | Path,
                  progress: Callable[[int], None] | None = None) -> Path:
         """Stream a FILE output to ``destination`` (a folder keeps the output's file name)."""
+        _check_downloadable(output)
         target, partial = _download_target(output, destination)
         with self._http.stream("GET", output.url) as response:
             if response.status_code >= 400:
@@ -408,9 +482,10 @@ class AsyncClient(_Base):
     """The asyncio twin of ``Client`` (same arguments, awaitable methods)."""
 
     def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 token: str | None = None, retry_unsafe: bool = False) -> None:
-        super().__init__(url, model, token, retries, retry_unsafe)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=self.headers,
+                 token: str | None = None, retry_unsafe: bool = False, transport: str | None = None,
+                 http_url: str | None = None) -> None:
+        super().__init__(url, model, token, retries, retry_unsafe, transport, http_url, timeout, "AsyncChannel")
+        self._http = httpx.AsyncClient(base_url=self._http_base, timeout=timeout, headers=self.headers,
                                        transport=httpx.AsyncHTTPTransport(retries=retries))
 
     async def __aenter__(self) -> AsyncClient:
@@ -421,6 +496,18 @@ class AsyncClient(_Base):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._grpc is not None:
+            await self._grpc.close()
+
+    async def _over_grpc(self, call: Callable[..., Any], *args: Any) -> Any:
+        from mlcomponent.grpc.channel import CallFailed
+
+        try:
+            return await call(self._grpc_model(), *args)
+        except CallFailed as error:
+            raise _grpc_failed(error) from None
+        except MLComponentError as error:
+            raise BadRequestError(error.message, 400) from None
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self._attempts):
@@ -439,6 +526,8 @@ class AsyncClient(_Base):
         return self.model
 
     async def live(self) -> bool:
+        if self._grpc is not None:
+            return bool(await self._grpc.live())
         try:
             return (await self._http.get("/v2/health/live")).status_code == 200
         except httpx.TransportError:
@@ -446,13 +535,19 @@ class AsyncClient(_Base):
 
     async def ready(self) -> bool:
         try:
+            if self._grpc is not None:
+                return bool(await self._over_grpc(self._grpc.ready))
             return (await self._http.get(f"/v2/models/{await self._model()}/ready")).status_code == 200
         except (httpx.TransportError, ClientError):
             return False
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
-            self._metadata = (await self._send("GET", f"/v2/models/{await self._model()}")).json()
+            if self._grpc is not None:
+                self._metadata = await self._over_grpc(self._grpc.metadata)
+            else:
+                self._metadata = (await self._send("GET", f"/v2/models/{await self._model()}")).json()
+        assert self._metadata is not None
         return self._metadata
 
     async def infer(self, inputs: Mapping[str, Any] | list[dict[str, Any]] | None = None, *,
@@ -461,6 +556,9 @@ class AsyncClient(_Base):
                     timeout: float | None = None, progress: Callable[[int], None] | None = None) -> InferenceResult:
         """As ``Client.infer``; files are streamed from disk (reads block briefly, in chunks)."""
         body = self._request_body(inputs, parameters, outputs, request_id, await self.metadata(), timeout)
+        if self._grpc is not None:
+            self._no_files_over_grpc(files)
+            return parse_result(await self._over_grpc(self._grpc.infer, body), self.http_url)
         path = f"/v2/models/{await self._model()}/infer"
         if not files:
             response = await self._send("POST", path, content=orjson.dumps(body),
@@ -473,6 +571,7 @@ class AsyncClient(_Base):
 
     async def download(self, output: FileOutput, destination: str | Path,
                        progress: Callable[[int], None] | None = None) -> Path:
+        _check_downloadable(output)
         target, partial = _download_target(output, destination)
         async with self._http.stream("GET", output.url) as response:
             if response.status_code >= 400:

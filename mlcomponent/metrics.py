@@ -24,10 +24,11 @@ class Metrics(Observer):
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         registry = None if self.multiprocess else self.registry
-        self.requests = Counter("mlcomponent_requests_total", "HTTP requests by endpoint and status.",
-                                ["endpoint", "status"], registry=registry)
-        self.request_seconds = Histogram("mlcomponent_request_seconds", "Whole-request latency.", ["endpoint"],
-                                         buckets=BUCKETS, registry=registry)
+        self.requests = Counter("mlcomponent_requests_total", "Requests by endpoint, status and transport "
+                                "(http: an HTTP status; grpc: a gRPC status code name).",
+                                ["endpoint", "status", "transport"], registry=registry)
+        self.request_seconds = Histogram("mlcomponent_request_seconds", "Whole-request latency.",
+                                         ["endpoint", "transport"], buckets=BUCKETS, registry=registry)
         self.inference_seconds = Histogram("mlcomponent_inference_seconds", "The inference call alone.",
                                            buckets=BUCKETS, registry=registry)
         self.in_flight = Gauge("mlcomponent_requests_in_flight", "Requests being served.",
@@ -45,13 +46,14 @@ class Metrics(Observer):
         self.batch_queue_seconds = Histogram("mlcomponent_batch_queue_seconds", "Seconds a request waited to be "
                                              "batched before its call was sent.", buckets=(0.0001, 0.00025, *BUCKETS),
                                              registry=registry)
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, int | str, str], tuple[Counter, Histogram]] = {}
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, status)
+    def observe_request(self, endpoint: str, status: int | str, seconds: float, transport: str = "http") -> None:
+        key = (endpoint, status, transport)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(endpoint, str(status)), self.request_seconds.labels(endpoint))
+            children = (self.requests.labels(endpoint, str(status), transport),
+                        self.request_seconds.labels(endpoint, transport))
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)

@@ -56,6 +56,7 @@ class ServeOptions:
     max_connections: int | None = None  # None: from the open-file limit
     max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
     max_batch_delay: float | None = None  # milliseconds
+    grpc_port: int | None = None  # the protocol's gRPC service beside HTTP (off unless asked)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -3,7 +3,7 @@
 Layers, lowest first; a module may import its own layer and the layers below it:
 
     errors, logs → manifest → settings → spec → protocol → boxes → runtime
-    → metrics, http (transports) → client, scaffold, cli_output → cli
+    → metrics, http, grpc (transports) → client, scaffold, cli_output → cli
 
 ``kubernetes`` sits beside ``settings``: it reads manifests and never touches the
 runtime or a transport. Web frameworks are the transports' business only.
@@ -25,13 +25,13 @@ LAYERS = [
     {"protocol"},
     {"boxes"},
     {"runtime"},
-    {"metrics", "http"},
+    {"metrics", "http", "grpc"},
     {"client", "scaffold", "cli_output"},
     {"cli", "__main__"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 WEB_FRAMEWORKS = {"starlette", "uvicorn", "fastapi", "grpc"}
-TRANSPORTS = {"http", "cli", "__main__"}
+TRANSPORTS = {"http", "grpc", "cli", "__main__"}
 
 
 def _top(module: str) -> str:

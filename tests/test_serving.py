@@ -85,7 +85,7 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
 def test_a_call_past_its_deadline_is_504_ran_once_and_the_next_succeeds(isolated: tuple[Server, Path]) -> None:
     server, log = isolated
     before = len(calls_logged(log))
-    response = call(server, "sleep", seconds=30, timeout=0.5, tag="slow")
+    response = call(server, "sleep", seconds=30, timeout=500_000, tag="slow")  # microseconds, as Triton's
     assert response.status_code == 504, response.text
     assert "did not finish within the request's deadline" in response.json()["error"]
     after = call(server, "echo", tag="next")
@@ -327,12 +327,12 @@ def test_metrics_move_and_request_ids_are_echoed_and_logged(tmp_path: Path) -> N
                                  headers={"X-Request-ID": "broken-one"})
             assert failed.status_code == 500
             after = client.get("/metrics").text
-    assert 'mlcomponent_requests_total{endpoint="infer",status="200"} 1.0' in after
-    assert 'mlcomponent_requests_total{endpoint="infer",status="400"} 1.0' in after
-    assert 'mlcomponent_requests_total{endpoint="infer",status="200"}' not in before
-    assert 'mlcomponent_requests_total{endpoint="infer",status="500"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="400",transport="http"} 1.0' in after
+    assert 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}' not in before
+    assert 'mlcomponent_requests_total{endpoint="infer",status="500",transport="http"} 1.0' in after
     assert "mlcomponent_inference_seconds_count 2.0" in after
-    assert 'mlcomponent_request_seconds_bucket{endpoint="infer",le="+Inf"} 3.0' in after
+    assert 'mlcomponent_request_seconds_bucket{endpoint="infer",le="+Inf",transport="http"} 3.0' in after
     logged = [json.loads(line) for line in server.output().splitlines() if '"request_id": "broken-one"' in line]
     assert logged and all(entry["level"] == "error" for entry in logged)
     assert any("asked to fail" in entry["message"] for entry in logged)
@@ -430,7 +430,7 @@ def connections_to_both(server: Server, per_worker: int) -> tuple[dict[int, list
 
 def test_several_workers_each_hold_their_own_model_and_metrics_add_up(two_workers: tuple[Server, Path]) -> None:
     server, _ = two_workers
-    name = 'mlcomponent_requests_total{endpoint="infer",status="200"}'
+    name = 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}'
     before = metric(httpx.get(server.url + "/metrics").text, name) or 0
     by_worker, made = connections_to_both(server, 3)
     for clients in by_worker.values():

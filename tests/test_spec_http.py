@@ -72,7 +72,7 @@ def test_metadata_carries_the_spec_and_a_v2_client_reads_it(full: Server) -> Non
     meta = client.get_model_metadata("test-model")
     assert client.is_model_ready("test-model") and client.is_server_live()
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
-        ("x", "FP32", [-1, 2]), ("mode", "str", [1]), ("doc", "FILE", [1])]
+        ("x", "FP32", [-1, 2]), ("mode", "BYTES", [1]), ("doc", "FILE", [1])]
     assert meta["inputs"][2]["parameters"]["content_type"] == "text/csv"
     assert meta["inputs"][0]["parameters"]["range"] == [-10, 10]
     assert meta["outputs"][2]["parameters"]["optional"] is True

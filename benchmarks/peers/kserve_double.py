@@ -18,6 +18,7 @@ class Double(Model):
         return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id or "0")
 
 
-if __name__ == "__main__":
-    ModelServer(http_port=int(sys.argv[1]), workers=1, enable_grpc=False, enable_docs_url=False,
-                enable_latency_logging=False, access_log_format=None).start([Double()])
+if __name__ == "__main__":  # HTTP_PORT [GRPC_PORT]: gRPC only when its port is given
+    grpc_port = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    ModelServer(http_port=int(sys.argv[1]), grpc_port=grpc_port or 8081, workers=1, enable_grpc=grpc_port is not None,
+                enable_docs_url=False, enable_latency_logging=False, access_log_format=None).start([Double()])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,6 +38,14 @@ async def _render_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+class Transport(Protocol):
+    """Another transport over the same service (gRPC), started and stopped with this app."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
 async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) -> None:
     """With several workers a scrape reaches one of them: each publishes its own queue (summed: livesum)."""
     while True:
@@ -44,7 +53,7 @@ async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) 
         await asyncio.sleep(every)
 
 
-def create_app(service: Service, metrics: Metrics) -> Gateway:
+def create_app(service: Service, metrics: Metrics, transports: Sequence[Transport] = ()) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
     infer = InferEndpoint(plane, options.max_json_body, options.max_upload)
@@ -54,12 +63,18 @@ def create_app(service: Service, metrics: Metrics) -> Gateway:
         if threading.current_thread() is threading.main_thread():
             on_terminate(service.on_terminate)
         await service.start()
+        started: list[Transport] = []
         publisher = asyncio.create_task(publish_queue(plane, metrics)) if metrics.multiprocess else None
         try:
+            for transport in transports:
+                await transport.start()
+                started.append(transport)
             yield
         finally:
             if publisher is not None:
                 publisher.cancel()
+            for transport in started:  # HTTP has drained by now; let the other transports drain too
+                await transport.stop(options.grace_period)
             await service.stop()
 
     app = Starlette(routes=routes(Endpoints(plane, metrics), infer), lifespan=lifespan,

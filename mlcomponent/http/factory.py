@@ -19,7 +19,14 @@ def app() -> Gateway:
     settings = Settings.build(options, os.environ)
     metrics = Metrics()
     service = Service(settings, sync_boxes=False, observer=metrics)
-    app = create_app(service, metrics)
+    transports = []
+    if options.grpc_port is not None:
+        from mlcomponent.grpc.server import GrpcServer
+
+        transports.append(GrpcServer(service.dataplane, metrics, host=options.host, port=options.grpc_port,
+                                     token=settings.auth_token(), max_message=options.max_json_body,
+                                     reuse_port=settings.workers > 1, hide_errors=options.hide_errors))
+    app = create_app(service, metrics, transports)
     # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off
     # them, and let it run less often; request objects are freed by reference counting.
     gc.collect()

@@ -7,13 +7,13 @@ everything else goes to the Starlette app. Bench numbers are in docs/benchmarks.
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlcomponent.http.auth import bearer_matches
 from mlcomponent.http.infer import InferEndpoint, model_of_infer_path
 from mlcomponent.http.responses import HIDE_ERRORS, JSON_HEADERS, header, respond
 from mlcomponent.logs import request_id
@@ -34,7 +34,8 @@ def endpoint_of(path: str) -> str:
         return "ready" if path.endswith("/ready") else "model_metadata"
     if path.startswith("/v2/health/"):
         return "health"
-    return {"/v2": "server_metadata", "/metrics": "metrics", "/": "playground"}.get(path, "other")
+    return {"/v2": "server_metadata", "/v2/": "server_metadata", "/metrics": "metrics",
+            "/": "playground"}.get(path, "other")
 
 
 class Gateway:
@@ -51,8 +52,7 @@ class Gateway:
         path: str = scope["path"]
         if self.token is None or path.startswith(OPEN_PREFIXES) or path == "/":
             return True
-        scheme, _, credentials = (header(scope, b"authorization") or b"").strip().partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+        return bearer_matches(header(scope, b"authorization"), self.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

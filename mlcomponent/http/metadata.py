@@ -1,10 +1,17 @@
-"""Model metadata in the V2 shape; our extra fields live under ``parameters``."""
+"""Model metadata in the V2 shape; our extra fields live under ``parameters``.
+
+Datatypes are the protocol's (a declared ``str`` is ``BYTES``); ``platform`` follows the
+protocol's ``<project>_<format>`` convention.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
+
+PLATFORM = "mlcomponent_python"
 
 
 def _tensor(tensor: TensorSpec) -> dict[str, Any]:
@@ -17,7 +24,7 @@ def _tensor(tensor: TensorSpec) -> dict[str, Any]:
         extra["values"] = list(tensor.values)
     if tensor.allow_nan:
         extra["nan"] = True
-    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": extra}
+    return {"name": tensor.name, "datatype": wire_datatype(tensor.datatype), "shape": list(tensor.shape), "parameters": extra}
 
 
 def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
@@ -39,7 +46,7 @@ def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
     return {
         "name": name,
         "versions": [],
-        "platform": "mlcomponent",
+        "platform": PLATFORM,
         "inputs": [_tensor(t) for t in spec.inputs],
         "outputs": [_tensor(t) for t in spec.outputs],
         "parameters": parameters,

@@ -24,7 +24,7 @@ def openapi_document(model: str) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": f"{model} (mlcomponent)", "version": __version__,
-                 "description": "Open Inference Protocol (KServe V2) REST, with FILE and str datatypes."},
+                 "description": "Open Inference Protocol (KServe V2) REST, with the FILE datatype (strings are BYTES)."},
         "paths": {
             "/v2/health/live": {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}},
             "/v2/health/ready": {"get": {"summary": "Readiness", "responses": {

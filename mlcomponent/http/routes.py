@@ -93,6 +93,7 @@ def routes(endpoints: Endpoints, infer: InferEndpoint) -> list[BaseRoute]:
         Route("/v2/health/live", endpoints.live),
         Route("/v2/health/ready", endpoints.ready),
         Route("/v2", endpoints.server_metadata),
+        Route("/v2/", endpoints.server_metadata),  # the protocol's own OpenAPI document spells it so
         Route(model, endpoints.model_metadata),
         Route(version, endpoints.model_metadata),
         Route(model + "/ready", endpoints.model_ready),

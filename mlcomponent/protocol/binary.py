@@ -49,6 +49,20 @@ def _strings(chunk: memoryview, where: str) -> list[str]:
     return values
 
 
+def decode_tensor(datatype: Any, chunk: memoryview, where: str) -> Packed | list[str]:
+    """One tensor's raw bytes (this extension, or gRPC's raw contents): numbers stay packed bytes
+    (a view, no copy), strings become a list.
+
+    A FILE tensor's raw bytes are its key, encoded as one BYTES element.
+    """
+    canonical = canonical_datatype(datatype)
+    if canonical in TYPECODES:
+        return _numbers(canonical, chunk, where)
+    if canonical in ("str", "FILE"):
+        return _strings(chunk, where)
+    raise BadRequest(f"{where}: datatype {datatype!r} cannot be sent as binary data")
+
+
 def decode(raw: bytes, json_length: str) -> Any:
     """Split a binary request into its JSON and fill each binary input's ``data``."""
     import orjson
@@ -74,21 +88,17 @@ def decode(raw: bytes, json_length: str) -> Any:
             raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
         chunk = view[offset:offset + size]
         offset += size
-        datatype = canonical_datatype(item.get("datatype"))
-        if datatype in TYPECODES:
-            item["data"] = _numbers(datatype, chunk, where)
-        elif datatype == "str":
-            item["data"] = _strings(chunk, where)
-        else:
-            raise BadRequest(f"{where}: datatype {item.get('datatype')!r} cannot be sent as binary data")
+        item["data"] = decode_tensor(item.get("datatype"), chunk, where)
     if offset != len(raw):
         raise BadRequest(f"the body has {len(raw) - offset} bytes after the last binary input")
     return body
 
 
-def _encode_tensor(datatype: str, data: Any) -> Any:
+def encode_tensor(datatype: str, data: Any) -> bytes | memoryview:
+    """A tensor's values (our datatype names) as raw little-endian bytes, a ``Packed`` one as it is;
+    str and FILE as BYTES elements."""
     if isinstance(data, Packed):
-        return data.raw if data.datatype == datatype else _encode_tensor(datatype, data.tolist())
+        return data.raw if data.datatype == datatype else encode_tensor(datatype, data.tolist())
     if datatype in TYPECODES:
         values = array(TYPECODES[datatype], data)
         if sys.byteorder == "big":
@@ -115,7 +125,7 @@ def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[l
             if isinstance(output.get("data"), Packed):
                 output["data"] = output["data"].tolist()
             continue
-        blob = _encode_tensor(datatype or "", output.pop("data"))
+        blob = encode_tensor(datatype or "", output.pop("data"))
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
         blobs.append(blob)
     if not blobs:

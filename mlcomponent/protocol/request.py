@@ -7,6 +7,7 @@ or parameter.
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any
 
 from mlcomponent.errors import BadRequest, SpecViolation
@@ -21,15 +22,19 @@ from mlcomponent.protocol.tensors import (
 from mlcomponent.protocol.types import InferenceRequest, InputTensor, RequestedOutput
 from mlcomponent.spec.model import DATATYPES, FunctionSpec, TensorSpec
 
-# Request parameters that steer the server and never reach the function.
-RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})
+# Request parameters the protocol and its clients (Triton's, KServe's) reserve: they steer the
+# server (or are ignored: priority, sequences, forwarded headers) and never reach the function.
+RESERVED_PARAMETERS = frozenset({"priority", "timeout", "sequence_id", "sequence_start", "sequence_end",
+                                 "binary_data_output", "headers"})
 PRIMITIVES = (str, int, float, bool)
+MICROSECONDS = 1_000_000
+WIRE_DATATYPES = ", ".join("BYTES (or str)" if d == "str" else d for d in DATATYPES)
 
 
 def _datatype(raw: Any, where: str) -> str:
     datatype = canonical_datatype(raw)
     if datatype is None:
-        raise BadRequest(f"{where}: unknown datatype {raw!r}; use one of {', '.join(DATATYPES)} (or BYTES for str)")
+        raise BadRequest(f"{where}: unknown datatype {raw!r}; use one of {WIRE_DATATYPES}")
     return datatype
 
 
@@ -55,6 +60,8 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
         raise SpecViolation(f"{where} is not declared by the function (declared inputs: {known})")
     content_type = _content_type(item, params)
     shape: Any = item.get("shape")
+    if datatype == "str" and declared is not None and declared.datatype == "FILE":
+        datatype = "FILE"  # a standard client cannot say FILE: it sends the key as a one-element BYTES tensor
     if datatype == "FILE":
         shape = [1] if shape is None else shape
         problem = shape_problem(shape)
@@ -65,6 +72,8 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
             data = data[0]
         if data is not None and not isinstance(data, str):
             raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {data!r}")
+        if content_type is None and data is not None:
+            content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
     else:
         problem = shape_problem(shape)
         if problem:
@@ -166,7 +175,7 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
         if problem:
             raise BadRequest(f"output {name!r}: {problem}")
         binary = params.get("binary_data")
-        fields.append(RequestedOutput(name, datatype, content_type, shape, None if binary is None else bool(binary)))
+        fields.append(RequestedOutput(name, datatype, content_type, shape, None if binary is None else binary is True))
     return fields
 
 
@@ -198,15 +207,23 @@ def decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:
     parameters, reserved = decode_parameters(body.get("parameters"), spec)
     outputs = decode_outputs(body.get("outputs"), spec)
     request_id = body.get("id")
-    timeout = reserved.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise BadRequest(f"parameter 'timeout' must be a positive number of seconds, got {timeout!r}")
     return InferenceRequest(
         id=str(request_id) if request_id is not None else None,
         inputs=inputs,
         parameters=parameters,
         outputs=outputs,
-        timeout=float(timeout) if timeout is not None else None,
-        binary_data_output=bool(reserved.get("binary_data_output")),
-        speaks_bytes=any(isinstance(i, dict) and i.get("datatype") == "BYTES" for i in raw_inputs),
+        timeout=request_timeout(reserved.get("timeout")),
+        binary_data_output=reserved.get("binary_data_output") is True,
     )
+
+
+def request_timeout(microseconds: Any) -> float | None:
+    """The reserved ``timeout`` parameter, in microseconds as Triton's clients send it, as seconds.
+
+    0 (or absent) means no deadline of the request's own; it can only shorten the server's.
+    """
+    if microseconds is None:
+        return None
+    if isinstance(microseconds, bool) or not isinstance(microseconds, (int, float)) or not microseconds >= 0:
+        raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {microseconds!r}")
+    return microseconds / MICROSECONDS if microseconds else None

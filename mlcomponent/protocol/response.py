@@ -80,6 +80,11 @@ def _check_one(item: dict[str, Any], requested: RequestedOutput | None, spec: Fu
     return OutputTensor(name, datatype, shape, data, content_type)
 
 
+def wire_datatype(datatype: str) -> str:
+    """The protocol's name for one of ours: a function's str is BYTES on the wire, everywhere."""
+    return "BYTES" if datatype == "str" else datatype
+
+
 def encode_response(response: InferenceResponse, file_url: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The V2 response body as JSON values (before any binary extension is applied).
 
@@ -88,9 +93,7 @@ def encode_response(response: InferenceResponse, file_url: Callable[[str], str] 
     request = response.request
     encoded = []
     for output in response.outputs:
-        datatype = output.datatype
-        if datatype == "str" and request.speaks_bytes:
-            datatype = "BYTES"
+        datatype = wire_datatype(output.datatype)
         entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": output.shape,
                                  "data": output.data}
         params: dict[str, Any] = {}

@@ -17,7 +17,7 @@ FunctionArguments = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[
 @dataclass(slots=True)
 class InputTensor:
     name: str
-    datatype: str  # our name: FP32, FP64, INT32, str or FILE
+    datatype: str  # our name: FP32, FP64, INT32, str or FILE (str is BYTES on the wire)
     shape: list[int]
     data: Any  # a flat list; for FILE, the key in the file box (None when it came as an upload)
     content_type: str | None = None
@@ -49,9 +49,8 @@ class InferenceRequest:
     inputs: list[InputTensor]
     parameters: dict[str, Any]  # the function's parameters (declared defaults filled), in order
     outputs: list[RequestedOutput]
-    timeout: float | None = None  # seconds, from the reserved `timeout` parameter
+    timeout: float | None = None  # seconds, from the reserved `timeout` parameter (sent in microseconds)
     binary_data_output: bool = False
-    speaks_bytes: bool = False
 
     @property
     def has_files(self) -> bool:

@@ -1,0 +1,224 @@
+"""The protocol's ``inference.GRPCInferenceService`` over the data plane, and gRPC health checking.
+
+Every call passes one wrapper (``Calls.wrap``): bearer auth from the ``authorization``
+metadata (health and liveness stay open, as on REST), the request id (``x-request-id``
+metadata, echoed in the trailers, in every log line), metrics labelled ``transport="grpc"``,
+and one error mapping: each error the data plane raises becomes the gRPC status code of its
+HTTP status, with the same message REST would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+from open_inference.grpc.protocol import (
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataRequest,
+    ModelMetadataResponse,
+    ModelReadyRequest,
+    ModelReadyResponse,
+    ServerLiveRequest,
+    ServerLiveResponse,
+    ServerMetadataRequest,
+    ServerMetadataResponse,
+    ServerReadyRequest,
+    ServerReadyResponse,
+)
+
+from mlcomponent import __version__
+from mlcomponent.errors import BadRequest
+from mlcomponent.grpc.codec import CODES, SERVICE, metadata_message, request_body, response_message
+from mlcomponent.http.metadata import model_metadata
+from mlcomponent.http.auth import bearer_matches
+from mlcomponent.http.responses import HIDE_ERRORS, error_payload
+from mlcomponent.http.routes import EXTENSIONS
+from mlcomponent.logs import request_id
+from mlcomponent.metrics import Metrics
+from mlcomponent.protocol.types import InferenceResponse
+from mlcomponent.runtime.dataplane import DataPlane
+
+UNAUTHENTICATED = "this endpoint needs `authorization: Bearer <token>` metadata; the token was missing or wrong"
+_PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-g"
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def status_of(error: Exception, method: str, hide_errors: bool = False) -> tuple[grpc.StatusCode, str,
+                                                                              tuple[tuple[str, str], ...]]:
+    """The gRPC status code, message and extra trailers for any error: REST's one renderer decides the
+    message (and logs 5xx, and hides it under ``--hide-errors``), so both transports say the same thing."""
+    status, body, headers = error_payload(error, {"method": "gRPC", "path": method, HIDE_ERRORS: hide_errors})
+    trailers = tuple((key.decode(), value.decode()) for key, value in headers if key == b"retry-after")
+    return CODES.get(status, grpc.StatusCode.UNKNOWN), orjson.loads(body)["error"], trailers
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Nobody waits for a call whose RPC was cancelled: read its outcome so asyncio does not complain."""
+    if not task.cancelled():
+        task.exception()
+
+
+class Calls:
+    """What every RPC shares: auth, request id, metrics, errors."""
+
+    def __init__(self, metrics: Metrics, token: str | None, hide_errors: bool = False) -> None:
+        self.metrics = metrics
+        self.token = token.encode() if token else None
+        self.hide_errors = hide_errors
+        self._ids = itertools.count()
+
+    def wrap(self, endpoint: str, method: str, handler: Handler, *, open_: bool = False) -> Handler:
+        metrics = self.metrics
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            rid = authorization = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "x-request-id":
+                    rid = value
+                elif key == "authorization":
+                    authorization = value
+            rid = rid or f"{_PREFIX}{next(self._ids):x}"
+            reset = request_id.set(rid)
+            metrics.in_flight.inc()
+            code = grpc.StatusCode.OK
+            try:
+                if not open_ and not self._authorised(authorization):
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                    context.set_trailing_metadata((("x-request-id", rid), ("www-authenticate", "Bearer")))
+                    await context.abort(code, UNAUTHENTICATED)
+                context.set_trailing_metadata((("x-request-id", rid),))
+                try:
+                    return await handler(request, context)
+                except asyncio.CancelledError:
+                    left = context.time_remaining()
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as error:  # noqa: BLE001 - every error becomes a status; the service goes on
+                    code, message, trailers = status_of(error, method, self.hide_errors)
+                    context.set_trailing_metadata((("x-request-id", rid), *trailers))
+                    await context.abort(code, message)
+            finally:
+                metrics.in_flight.dec()
+                request_id.reset(reset)
+                metrics.observe_request(endpoint, code.name, time.perf_counter() - started, "grpc")
+
+        return call
+
+    def _authorised(self, given: str | bytes | None) -> bool:
+        return self.token is None or bearer_matches(given, self.token)
+
+
+class InferenceService:
+    """The six RPCs of ``inference.GRPCInferenceService``, each a few lines over the data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def server_live(self, request: ServerLiveRequest, context: grpc.aio.ServicerContext) -> ServerLiveResponse:
+        return ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: ServerReadyRequest, context: grpc.aio.ServicerContext) -> ServerReadyResponse:
+        return ServerReadyResponse(ready=self.plane.ready)
+
+    async def model_ready(self, request: ModelReadyRequest, context: grpc.aio.ServicerContext) -> ModelReadyResponse:
+        self.plane.check_model(request.name)
+        return ModelReadyResponse(ready=self.plane.ready)
+
+    async def server_metadata(self, request: ServerMetadataRequest,
+                              context: grpc.aio.ServicerContext) -> ServerMetadataResponse:
+        return ServerMetadataResponse(name="mlcomponent", version=__version__, extensions=EXTENSIONS)
+
+    async def model_metadata(self, request: ModelMetadataRequest,
+                             context: grpc.aio.ServicerContext) -> ModelMetadataResponse:
+        self.plane.check_model(request.name)
+        return metadata_message(model_metadata(self.plane.model_name, self.plane.spec))
+
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> ModelInferResponse:
+        """Parsed here (not by grpc) so that a malformed message is INVALID_ARGUMENT with our message."""
+        arrived = time.monotonic()
+        try:
+            message = ModelInferRequest.FromString(raw)
+        except DecodeError as error:
+            raise BadRequest(f"malformed ModelInferRequest: {error}") from None
+        plane = self.plane
+        plane.check_model(message.model_name)
+        plane.admit()
+        body, raw_answer = request_body(message, context.time_remaining())
+        # The call runs to its own end (or its deadline, which stops the worker) even when the
+        # RPC is cancelled under it, as a REST call does when its client goes away.
+        task = asyncio.ensure_future(self._infer(body, arrived))
+        try:
+            response = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_consume)
+            raise
+        return response_message(response, raw_answer)
+
+    async def _infer(self, body: dict[str, Any], arrived: float) -> InferenceResponse:
+        files = self.plane.request_files()
+        try:
+            return await self.plane.infer(body, files, arrived=arrived)
+        finally:
+            files.cleanup()
+
+    def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
+        def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any,
+                  open_: bool = False) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                calls.wrap(endpoint, name, handler, open_=open_),
+                request_deserializer=request.FromString if request is not None else None,
+                response_serializer=response.SerializeToString)
+
+        return {
+            "ServerLive": unary("ServerLive", "health", self.server_live, ServerLiveRequest, ServerLiveResponse, True),
+            "ServerReady": unary("ServerReady", "health", self.server_ready, ServerReadyRequest,
+                                 ServerReadyResponse, True),
+            "ModelReady": unary("ModelReady", "ready", self.model_ready, ModelReadyRequest, ModelReadyResponse),
+            "ServerMetadata": unary("ServerMetadata", "server_metadata", self.server_metadata,
+                                    ServerMetadataRequest, ServerMetadataResponse),
+            "ModelMetadata": unary("ModelMetadata", "model_metadata", self.model_metadata, ModelMetadataRequest,
+                                   ModelMetadataResponse),
+            "ModelInfer": unary("ModelInfer", "infer", self.model_infer, None, ModelInferResponse),
+        }
+
+
+class Health(HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health``: SERVING while the model is ready, for "" and the inference service.
+
+    ``Check`` reads readiness when asked (Kubernetes' gRPC probes); ``Watch`` streams the
+    changes that ``follow`` sees.
+    """
+
+    def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
+        self.plane = plane
+        self._server_status[SERVICE] = health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def refresh(self) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if self.plane.ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in ("", SERVICE):
+            if self._server_status.get(service) != status:
+                await self.set(service, status)
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self.refresh()
+        return await super().Check(request, context)
+
+    async def follow(self, interval: float = 0.5) -> None:
+        """Keep the statuses that ``Watch`` streams current (until cancelled)."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(interval)
