@@ -39,8 +39,8 @@ from open_inference.grpc.protocol import (
 from mlcomponent import __version__
 from mlcomponent.errors import BadRequest
 from mlcomponent.grpc.codec import CODES, SERVICE, metadata_message, request_body, response_message
-from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.auth import bearer_matches
+from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.responses import HIDE_ERRORS, error_payload
 from mlcomponent.http.routes import EXTENSIONS
 from mlcomponent.logs import request_id
