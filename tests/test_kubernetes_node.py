@@ -42,6 +42,7 @@ from tests.k8s import (
     collect_artifacts,
     eventually,
     kubectl_proxy,
+    machine_lock,
     node_cluster,
     node_prerequisites,
     operator,
@@ -135,10 +136,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     if reason:
         not_run(reason)
     work = tmp_path_factory.mktemp("node")
-    started = time.monotonic()
-    operator_image, module_image, no_python, tree = _images(work)
-    built = time.monotonic()
     with ExitStack() as stack:
+        stack.enter_context(machine_lock("mlcomponent-e2e-node"))  # another checkout's run waits its turn
+        started = time.monotonic()
+        operator_image, module_image, no_python, tree = _images(work)
+        built = time.monotonic()
         node_images = [module_image, no_python, *([operator_image] if operator_image else [])]
         cluster = stack.enter_context(node_cluster(work / "k8s", node_images))
         index_url = stack.enter_context(registry.serve(tree, NODE_IP, work / "index.log"))
