@@ -101,6 +101,28 @@ def _script(name: str, env: dict[str, str], timeout: float = 900) -> str:
     return result.stdout
 
 
+@contextmanager
+def machine_lock(name: str, timeout: float = 900) -> Iterator[None]:
+    """One holder at a time on this machine (node.sh runs one node per machine): waits, bounded."""
+    import fcntl
+
+    path = Path("/run/lock") / f"{name}.lock"
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{path} stayed locked for {timeout}s: another test run holds the node") from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def bridge_exists() -> bool:
     return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
 

@@ -71,17 +71,22 @@ def gather_wheels(requirements: list[str]) -> Path:
     """Wheels of ``requirements`` and everything they need, for this Python; cached by the list."""
     key = hashlib.sha256("\n".join([sys.version.split()[0], *sorted(requirements)]).encode()).hexdigest()[:16]
     folder = CACHE / "wheels" / key
-    if (folder / ".complete").exists():
+    if folder.is_dir():
         return folder
-    partial = folder.with_name(key + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
-                             "--dest", str(partial), *requirements], capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip download of the dependency wheels failed:\n{result.stderr[-3000:]}")
-    (partial / ".complete").touch()
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=folder.parent))  # renamed whole into place, or not at all
+    try:
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
+                                 "--dest", str(partial), *requirements], capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"pip download of the dependency wheels failed:\n{result.stderr[-3000:]}")
+        partial.chmod(0o755)
+        partial.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # not another run that got there first
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 

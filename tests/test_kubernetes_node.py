@@ -42,6 +42,7 @@ from tests.k8s import (
     collect_artifacts,
     eventually,
     kubectl_proxy,
+    machine_lock,
     node_cluster,
     node_prerequisites,
     operator,
@@ -135,10 +136,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     if reason:
         not_run(reason)
     work = tmp_path_factory.mktemp("node")
-    started = time.monotonic()
-    operator_image, module_image, no_python, tree = _images(work)
-    built = time.monotonic()
     with ExitStack() as stack:
+        stack.enter_context(machine_lock("mlcomponent-e2e-node"))  # another checkout's run waits its turn
+        started = time.monotonic()
+        operator_image, module_image, no_python, tree = _images(work)
+        built = time.monotonic()
         node_images = [module_image, no_python, *([operator_image] if operator_image else [])]
         cluster = stack.enter_context(node_cluster(work / "k8s", node_images))
         index_url = stack.enter_context(registry.serve(tree, NODE_IP, work / "index.log"))
@@ -217,6 +219,15 @@ def all_pods(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     return cluster.items("pods", NAMESPACE, f"app.kubernetes.io/instance={name}")
 
 
+def finished(cluster: Cluster, name: str) -> bool:
+    """The pod is gone, or its server has exited (the kubelet removes the object some seconds later)."""
+    pod = cluster.get("pod", name, NAMESPACE)
+    if pod is None:
+        return True
+    statuses = pod["status"].get("containerStatuses") or []
+    return bool(statuses) and all("terminated" in s["state"] for s in statuses)
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
@@ -281,6 +292,25 @@ class RequestLoop:
     def seen(self) -> list[str]:
         """The distinct answers in the order they first came."""
         return list(dict.fromkeys(label for _, label in self.answers))
+
+
+def timeline(pod: dict[str, Any]) -> str:
+    """When each step of a pod's start happened, in seconds after it was created (printed with -s)."""
+    import datetime
+
+    def at(stamp: str) -> float:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+    created = at(pod["metadata"]["creationTimestamp"])
+    steps = []
+    for status in [*pod["status"].get("initContainerStatuses", []), *pod["status"].get("containerStatuses", [])]:
+        state = status["state"].get("terminated") or status["state"].get("running") or {}
+        if "startedAt" in state:
+            steps.append(f"{status['name']} {at(state['startedAt']) - created:.0f}s")
+        if "finishedAt" in state:
+            steps.append(f"→{at(state['finishedAt']) - created:.0f}s")
+    ready = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    return f"{pod['metadata']['name']}: {' '.join(steps)}, Ready {at(ready) - created:.0f}s"
 
 
 def container_statuses(pod: dict[str, Any], init: bool) -> dict[str, dict[str, Any]]:
@@ -379,6 +409,7 @@ def test_the_component_becomes_ready_because_its_pods_are(platform: Platform, co
         assert exits == {"install-mlcomponent": 0, "sync-model-box": 0}, f"init containers of {pod['metadata']['name']}"
         image = container_statuses(pod, init=False)["inference"]["image"]
         assert image.endswith(platform.module_image.split("/", 1)[1]), image
+        print(timeline(pod))
 
 
 def test_the_image_has_no_mlcomponent_and_no_python_only_python3(platform: Platform, components: None) -> None:
@@ -445,6 +476,7 @@ def test_a_file_round_trip_goes_through_the_s3_file_box(platform: Platform, comp
     rows = len(sample.read_text().splitlines()) - 1
     assert table[0].endswith(",species") and len(table) == rows + 1, table[:3]
     assert [int(v) for v in result["rows"]] == [rows]
+    platform.cluster.kubectl("delete", "mlc", TABLE, "-n", NAMESPACE, "--wait=false")  # the last test checks it left
 
 
 # --------------------------------------------------------------------------- failures reach the status
@@ -452,6 +484,7 @@ def test_a_file_round_trip_goes_through_the_s3_file_box(platform: Platform, comp
 
 def test_a_module_whose_import_fails_says_why_in_status(platform: Platform, components: None) -> None:
     condition = wait_for_condition(platform.cluster, "import-fails", "False", "ServeFailed", timeout=180)
+    print(condition["message"])
     message = condition["message"]
     assert "container inference exited with code 1" in message, message
     assert "last log lines" in message and "no module named 'iris.no_such_module'" in message, message
@@ -459,6 +492,7 @@ def test_a_module_whose_import_fails_says_why_in_status(platform: Platform, comp
 
 def test_an_image_without_python_says_why_in_status(platform: Platform, components: None) -> None:
     condition = wait_for_condition(platform.cluster, "no-python", "False", "PythonNotFound", timeout=120)
+    print(condition["message"])
     message = condition["message"]
     assert "init container install-mlcomponent" in message and '"python3"' in message, message
     assert "executable file not found" in message, message
@@ -466,6 +500,7 @@ def test_an_image_without_python_says_why_in_status(platform: Platform, componen
 
 def test_an_unknown_registry_is_refused_with_the_setting_named(platform: Platform, components: None) -> None:
     condition = wait_for_condition(platform.cluster, "unknown-registry", "False", "UnknownPackageRegistry", timeout=60)
+    print(condition["message"])
     assert "'lab-registry'" in condition["message"] and "`registries`" in condition["message"], condition
     assert platform.cluster.get("deployment", "unknown-registry", NAMESPACE) is None, "a Deployment was made anyway"
     platform.cluster.kubectl("delete", "mlc", *BROKEN, "-n", NAMESPACE, "--wait=false")
@@ -481,14 +516,13 @@ def test_a_deleted_pod_drains_without_a_failed_request(platform: Platform, compo
     with RequestLoop(url, infer_body()) as loop:
         victim = pods(cluster, CLASSIFIER)[0]["metadata"]["name"]
         cluster.kubectl("delete", "pod", victim, "-n", NAMESPACE, "--wait=false")
-        eventually(lambda: victim not in {p["metadata"]["name"] for p in all_pods(cluster, CLASSIFIER)},
-                   timeout=120, what=f"pod {victim} gone")
+        eventually(lambda: finished(cluster, victim), timeout=120, what=f"pod {victim} terminated")
         before = len(loop.answers)
         eventually(lambda: len(loop.answers) >= before + 10, timeout=30, what="answers after the pod left")
     assert not loop.failures, f"{len(loop.failures)} of {len(loop.failures) + len(loop.answers)} requests failed " \
                               f"while pod {victim} terminated: {loop.failures[:5]}"
     cluster.kubectl("scale", "deployment", CLASSIFIER, "-n", NAMESPACE, "--replicas", "1")
-    eventually(lambda: len(all_pods(cluster, CLASSIFIER)) == 1, timeout=120, what="back to one pod")
+    eventually(lambda: len(pods(cluster, CLASSIFIER)) == 1, timeout=120, what="back to one pod")
 
 
 def test_an_env_change_rolls_out_a_new_pod_without_a_failed_request(platform: Platform, components: None) -> None:
@@ -504,9 +538,8 @@ def test_an_env_change_rolls_out_a_new_pod_without_a_failed_request(platform: Pl
 
         def rolled_out() -> bool:
             condition = ready_condition(cluster, CLASSIFIER)
-            names = {p["metadata"]["name"] for p in all_pods(cluster, CLASSIFIER)}
             return (condition.get("status") == "True" and condition.get("observedGeneration") == generation
-                    and not names & old and "doubtful" in loop.seen())
+                    and "doubtful" in loop.seen() and all(finished(cluster, name) for name in old))
 
         eventually(rolled_out, timeout=240, what="the new pod serving, the old one gone",
                    explain=lambda: f"{ready_condition(cluster, CLASSIFIER)}; answers: {loop.seen()}")
@@ -520,12 +553,13 @@ def test_an_env_change_rolls_out_a_new_pod_without_a_failed_request(platform: Pl
 def test_deleting_the_components_removes_everything(platform: Platform, components: None) -> None:
     cluster = platform.cluster
     assert cluster.get("deployment", CLASSIFIER, NAMESPACE) is not None
-    cluster.kubectl("delete", "mlc", CLASSIFIER, TABLE, "-n", NAMESPACE, "--wait=true", "--timeout=60s")
+    cluster.kubectl("delete", "mlc", CLASSIFIER, "-n", NAMESPACE, "--wait=true", "--timeout=60s")
 
     def left() -> list[str]:
         found = cluster.items("deployments,replicasets,pods,services,configmaps", NAMESPACE,
                               "app.kubernetes.io/managed-by=mlcomponent-operator")
         return [f"{o['kind']}/{o['metadata']['name']}" for o in found]
 
+    assert cluster.items("mlc", NAMESPACE) == [], "MLComponents left"  # all deleted by now, some in earlier tests
     eventually(lambda: not left(), timeout=120, what="every object of the components removed",
                explain=lambda: f"left: {left()}")

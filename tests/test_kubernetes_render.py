@@ -212,6 +212,7 @@ def test_the_pod_keeps_serving_until_it_left_the_endpoints_then_drains() -> None
     assert main["lifecycle"]["preStop"]["exec"]["command"][-1] == f"import time; time.sleep({PRESTOP_SECONDS})"
     assert main["command"][main["command"].index("--grace-period") + 1] == str(GRACE_SECONDS)
     assert pod["terminationGracePeriodSeconds"] > PRESTOP_SECONDS + GRACE_SECONDS
+    assert pod["shareProcessNamespace"] is True  # python3 is not PID 1: SIGTERM stops pip and a starting server
     assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 

@@ -342,6 +342,10 @@ def _pod_spec(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
     syncs = [] if config.s3_mounts else [_sync_container(manifest, box, config) for box in _mounted_boxes(manifest)]
     return {
         "terminationGracePeriodSeconds": PRESTOP_SECONDS + GRACE_SECONDS + 5,
+        # The sandbox is PID 1, not our python3: a PID 1 ignores SIGTERM unless it handles it,
+        # and pip (install), sync-box and a server still starting do not, so a pod deleted
+        # while it starts would wait out the whole grace period.
+        "shareProcessNamespace": True,
         "securityContext": {"runAsNonRoot": True, "runAsUser": config.run_as_user,
                             "runAsGroup": config.run_as_user, "fsGroup": config.run_as_user,
                             "seccompProfile": {"type": "RuntimeDefault"}},
