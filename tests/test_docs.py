@@ -70,9 +70,9 @@ def examples_served(fresh_checkout: Checkout, readme_first_command: Server,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """README URL -> the URL of the service the examples table's command for it started."""
     urls = {TOUR_URL: readme_first_command.url}
-    processes = []
+    started = []
     try:
-        for example, command in TABLE[1:]:
+        for example, command in TABLE[1:]:  # all started first, then waited for: they start side by side
             readme_port = re.search(r"--port (\d+)", command)
             assert readme_port, command
             port = free_port()
@@ -83,14 +83,14 @@ def examples_served(fresh_checkout: Checkout, readme_first_command: Server,
                      ". .venv/bin/activate\n" + command.replace(readme_port.group(0), f"--port {port}")],
                     cwd=fresh_checkout.root, stdout=sink, stderr=subprocess.STDOUT, env=fresh_checkout.env(),
                     start_new_session=True)
-            processes.append(process)
-            url = f"http://127.0.0.1:{port}"
+            started.append((example, readme_port.group(1), f"http://127.0.0.1:{port}", process, log))
+        for example, readme_port_number, url, process, log in started:
             wait_until_live(url, process, log, deadline_s=300)
             wait_ready(Server(url, process, log, fresh_checkout.root / Path(example).parent / "data"))
-            urls[f"http://127.0.0.1:{readme_port.group(1)}"] = url
+            urls[f"http://127.0.0.1:{readme_port_number}"] = url
         yield urls
     finally:
-        for process in processes:
+        for _, _, _, process, _ in started:
             stop_group(process)
 
 
