@@ -2,8 +2,8 @@
 # The README's second command: install everything the tests need, then run the whole suite.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k manifest).
 #
-# Needs Python 3.11+. As root on Debian/Ubuntu it also installs, with apt-get, Debian's
-# `chromium` (the browser tests) and `kubernetes-client` (kubectl, for the Kubernetes tests),
+# Needs Python 3.11+ and git. As root on Debian/Ubuntu it also installs, with apt-get, Debian's
+# `chromium` (the browser tests), `kubernetes-client` (kubectl, for the Kubernetes tests) and curl,
 # and it uses ../shared/tools/k8s (a real kube-apiserver and etcd) when that folder is there.
 # Whatever it cannot install it says, and goes on: pytest then lists the tests that need it
 # as "not run, because ..." at the end (on CI, with CI set, those tests fail instead).
@@ -36,9 +36,10 @@ apt_install() {
     || warn "apt-get install $package failed; the $what are not run"
 }
 
-say "system packages: chromium (browser tests), kubectl (Kubernetes tests)"
+say "system packages: chromium (browser tests), kubectl (Kubernetes tests), curl (README tour)"
 apt_install chromium chromium "browser tests"
 apt_install kubectl kubernetes-client "Kubernetes tests"
+apt_install curl curl "README's curl steps"
 
 k8s=../shared/tools/k8s
 if [ -x "$k8s/ensure.sh" ]; then

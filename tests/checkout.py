@@ -13,6 +13,8 @@ from tests.support import ROOT, not_run
 
 def copy_worktree(root: Path) -> Path:
     """Copy the working tree as a fresh clone of it has it: tracked and new files, nothing ignored."""
+    if shutil.which("git") is None:
+        not_run("git is not installed (it lists what a clone of the repository holds)")
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True)
     if listed.returncode != 0:

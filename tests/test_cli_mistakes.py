@@ -62,6 +62,19 @@ def test_validate_catches_a_misspelled_module_in_a_package_that_is_here(tmp_path
     assert suggestion in one_line(served)
 
 
+def test_a_misspelled_import_inside_the_package_is_named_as_such(tmp_path: Path) -> None:
+    package = tmp_path / "module" / "scoring"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("SCALE = 2\n")
+    (package / "predict.py").write_text("import scoring.helper\n\n\ndef inference(parameters, inputs, output_fields, "
+                                        "model_key, model=None):\n    return [], model\n")
+    manifest = write_manifest(tmp_path, "scoring.predict.inference", python_path=str(tmp_path / "module"))
+    line = one_line(run_cli("validate", str(manifest)))
+    assert line.endswith(f"importing 'scoring.predict' failed: it imports 'scoring.helper', which is not under "
+                         f"pythonPath '{tmp_path / 'module'}'; did you mean 'scoring.helpers'?"), line
+
+
 def test_validate_names_pythonpath_when_that_is_the_typo(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, "echo.inference", python_path=str(ENTRYPOINTS.parent / "entrypoint"))
     line = one_line(run_cli("validate", str(manifest)))

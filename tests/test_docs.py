@@ -10,6 +10,7 @@ new user (a package the first command does not install, a port the tour leaves b
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkout import Checkout
-from tests.support import ROOT, Server, free_port, stop_group, wait_ready, wait_until_live
+from tests.support import ROOT, Server, free_port, not_run, stop_group, wait_ready, wait_until_live
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```(bash|python) runnable\n(.*?)^```", README, re.M | re.S)
@@ -70,9 +71,9 @@ def examples_served(fresh_checkout: Checkout, readme_first_command: Server,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """README URL -> the URL of the service the examples table's command for it started."""
     urls = {TOUR_URL: readme_first_command.url}
-    processes = []
+    started = []
     try:
-        for example, command in TABLE[1:]:
+        for example, command in TABLE[1:]:  # all started first, then waited for: they start side by side
             readme_port = re.search(r"--port (\d+)", command)
             assert readme_port, command
             port = free_port()
@@ -83,20 +84,22 @@ def examples_served(fresh_checkout: Checkout, readme_first_command: Server,
                      ". .venv/bin/activate\n" + command.replace(readme_port.group(0), f"--port {port}")],
                     cwd=fresh_checkout.root, stdout=sink, stderr=subprocess.STDOUT, env=fresh_checkout.env(),
                     start_new_session=True)
-            processes.append(process)
-            url = f"http://127.0.0.1:{port}"
+            started.append((example, readme_port.group(1), f"http://127.0.0.1:{port}", process, log))
+        for example, readme_port_number, url, process, log in started:
             wait_until_live(url, process, log, deadline_s=300)
             wait_ready(Server(url, process, log, fresh_checkout.root / Path(example).parent / "data"))
-            urls[f"http://127.0.0.1:{readme_port.group(1)}"] = url
+            urls[f"http://127.0.0.1:{readme_port_number}"] = url
         yield urls
     finally:
-        for process in processes:
+        for _, _, _, process, _ in started:
             stop_group(process)
 
 
 @pytest.mark.parametrize(("language", "body"), BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block_runs(request: pytest.FixtureRequest, fresh_checkout: Checkout, readme_first_command: Server,
                            language: str, body: str) -> None:
+    if re.search(r"^curl ", body, re.M) and shutil.which("curl") is None:
+        not_run("curl is not installed (scripts/test.sh installs it as root: apt-get install --no-install-recommends curl)")
     wanted = urls_in(body)
     urls = request.getfixturevalue("examples_served") if wanted - {TOUR_URL} else {TOUR_URL: readme_first_command.url}
     code = body

@@ -46,6 +46,10 @@ def load_entry_point(python_path: Path, dotted: str) -> InferenceFunction:
                 f"cannot import module {module_name!r} for pythonFunction {dotted!r}: no module named "
                 f"{missing!r} under pythonPath {str(python_path)!r}{_module_suggestion(python_path, dotted, missing)}"
             ) from None
+        if missing.split(".")[0] == module_name.split(".")[0]:  # a module of the same package, imported by it
+            raise EntryPointError(f"importing {module_name!r} failed: it imports {missing!r}, which is not under "
+                                  f"pythonPath {str(python_path)!r}{_module_suggestion(python_path, missing, missing)}"
+                                  ) from None
         if missing:
             raise EntryPointError(_missing_dependency(module_name, missing)) from None
         raise EntryPointError(f"importing {module_name!r} failed: {error}\n{traceback.format_exc()}") from None
