@@ -224,6 +224,12 @@ def test_no_isolate_a_call_past_its_deadline_keeps_the_service_unready_until_it_
     assert call(server).status_code == 200
 
 
+def test_no_isolate_invalid_input_is_a_400_too(in_process: tuple[Server, Path]) -> None:
+    server, _ = in_process
+    refused = call(server, "invalid")
+    assert refused.status_code == 400 and refused.json() == {"error": "the table has no rows; send at least one"}
+
+
 def test_no_isolate_back_pressure_refuses_past_max_queue(in_process: tuple[Server, Path], tmp_path: Path) -> None:
     import concurrent.futures
 

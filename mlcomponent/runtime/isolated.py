@@ -174,8 +174,8 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
     def kill(self) -> None:
         """SIGKILL the worker and everything it started (its own session: start_new_session)."""
         pid = self.transport.get_pid() if self.transport is not None else None
-        if pid is None:
-            return
+        if pid is None or self.transport.get_returncode() is not None:
+            return  # gone (and reaped: its pid may already be someone else's)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
