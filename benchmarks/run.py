@@ -1,5 +1,7 @@
 """Serve the same trivial model with mlcomponent and its peers, load each the same way, print a table.
 
+(Adaptive batching: benchmarks/batching.py. Large tensors: benchmarks/large.py.)
+
     .venv/bin/python benchmarks/run.py   # about 4 minutes on 2 cores (+ the peers' install, once)
 
 The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
@@ -165,31 +167,6 @@ class PeakRss:
         self._thread.join()
 
 
-def large_tensor(port: int, binary: bool, elements: int = 1_000_000, repeat: int = 5) -> float:
-    """Median seconds for one request with `elements` FP32 values in and out."""
-    import array
-
-    values = array.array("f", (float(i % 1000) for i in range(elements)))
-    url = f"http://127.0.0.1:{port}/v2/models/double/infer"
-    if binary:
-        header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
-                                           "parameters": {"binary_data_size": len(values) * 4}}],
-                               "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
-        content, headers = header + values.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
-    else:
-        content = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
-                                            "data": values.tolist()}]})
-        headers = {"Content-Type": "application/json"}
-    timings = []
-    with httpx.Client(timeout=120) as client:
-        for _ in range(repeat + 1):
-            started = time.perf_counter()
-            response = client.post(url, content=content, headers=headers)
-            response.raise_for_status()
-            timings.append(time.perf_counter() - started)
-    return statistics.median(timings[1:])
-
-
 def file_round_trip(port: int, size: int = 10 * MB, repeat: int = 5) -> float:
     """Median seconds: upload a file (multipart), copy it to a FILE output, download it."""
     payload = os.urandom(size)
@@ -245,10 +222,7 @@ def main() -> None:
                     row[connections] = wrk(url, connections, args.seconds, script)
                     print(f"   {connections:>3} connections: {row[connections]}", file=sys.stderr)
             row["loaded_rss"] = peak.peak
-            if key in ("mlcomponent", "mlserver", "kserve"):
-                row["large_json"] = large_tensor(port, binary=False)
             if key == "mlcomponent":
-                row["large_binary"] = large_tensor(port, binary=True)
                 row["file"] = file_round_trip(port)
         results[key] = row
     table = render(results, levels)
@@ -287,12 +261,8 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
         if "bare" in results:
             lines.append("| mlcomponent / bare uvicorn | " + " | ".join(
                 f"{mine[c]['rps'] / results['bare'][c]['rps']:.0%}" for c in levels) + " |")  # type: ignore[index]
-        lines += ["", "| 1M FP32 elements in and out (median of 5) | seconds |", "|---|---|"]
-        for key in ("mlcomponent", "mlserver", "kserve"):
-            if key in results and "large_json" in results[key]:
-                lines.append(f"| {names[key]}, JSON | {results[key]['large_json']:.3f} |")
-        lines.append(f"| mlcomponent, binary tensor extension | {mine['large_binary']:.3f} |")
-        lines.append(f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |")
+        lines += ["", "| median of 5 (large tensors: benchmarks/large.py) | seconds |", "|---|---|",
+                  f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |"]
     return "\n".join(lines) + "\n"
 
 
