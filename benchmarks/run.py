@@ -140,12 +140,31 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     failed = int(errors.group(1)) if errors else 0
     if socket_errors:
         failed += sum(int(g) for g in socket_errors.groups())
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed}
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed, "requests": requests}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process and its children have used so far."""
+    try:
+        root = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def wrk_with_cpu(url: str, connections: int, seconds: int, script: Path, pid: int) -> dict[str, float]:
+    """``wrk``, plus the server's CPU µs per request: on a shared machine, a measure that its load
+    inflates far less than requests per second (which count the time the server waited for a core)."""
+    before = tree_cpu(pid)
+    row = wrk(url, connections, seconds, script)
+    row["cpu_us"] = (tree_cpu(pid) - before) * 1e6 / max(1, row["requests"])
+    return row
 
 
 class PeakRss:
@@ -219,7 +238,7 @@ def main() -> None:
             row: dict[str, object] = {"idle_rss": tree_rss(process.pid)}
             with PeakRss(process.pid) as peak:
                 for connections in levels:
-                    row[connections] = wrk(url, connections, args.seconds, script)
+                    row[connections] = wrk_with_cpu(url, connections, args.seconds, script, process.pid)
                     print(f"   {connections:>3} connections: {row[connections]}", file=sys.stderr)
             row["loaded_rss"] = peak.peak
             if key == "mlcomponent":
@@ -261,6 +280,14 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
         if "bare" in results:
             lines.append("| mlcomponent / bare uvicorn | " + " | ".join(
                 f"{mine[c]['rps'] / results['bare'][c]['rps']:.0%}" for c in levels) + " |")  # type: ignore[index]
+        lines += ["", "| server CPU µs per request (user + system, whole process tree) | " +
+                  " | ".join(f"@{c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+        for key, row in results.items():
+            lines.append(f"| {names[key]} | " + " | ".join(
+                f"{row[c]['cpu_us']:.0f}" for c in levels) + " |")  # type: ignore[index]
+        if "bare" in results:
+            lines.append("| mlcomponent's share of the ceiling by CPU (bare's µs / ours) | " + " | ".join(
+                f"{results['bare'][c]['cpu_us'] / mine[c]['cpu_us']:.0%}" for c in levels) + " |")  # type: ignore[index]
         lines += ["", "| median of 5 (large tensors: benchmarks/large.py) | seconds |", "|---|---|",
                   f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |"]
     return "\n".join(lines) + "\n"
