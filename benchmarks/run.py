@@ -1,5 +1,7 @@
 """Serve the same trivial model with mlcomponent and its peers, load each the same way, print a table.
 
+(Adaptive batching: benchmarks/batching.py. Large tensors: benchmarks/large.py.)
+
     .venv/bin/python benchmarks/run.py   # about 4 minutes on 2 cores (+ the peers' install, once)
 
 The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
@@ -146,12 +148,31 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     failed = int(errors.group(1)) if errors else 0
     if socket_errors:
         failed += sum(int(g) for g in socket_errors.groups())
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed}
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed, "requests": requests}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process and its children have used so far."""
+    try:
+        root = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def wrk_with_cpu(url: str, connections: int, seconds: int, script: Path, pid: int) -> dict[str, float]:
+    """``wrk``, plus the server's CPU µs per request: on a shared machine, a measure that its load
+    inflates far less than requests per second (which count the time the server waited for a core)."""
+    before = tree_cpu(pid)
+    row = wrk(url, connections, seconds, script)
+    row["cpu_us"] = (tree_cpu(pid) - before) * 1e6 / max(1, row["requests"])
+    return row
 
 
 class PeakRss:
@@ -171,31 +192,6 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def large_tensor(port: int, binary: bool, elements: int = 1_000_000, repeat: int = 5) -> float:
-    """Median seconds for one request with `elements` FP32 values in and out."""
-    import array
-
-    values = array.array("f", (float(i % 1000) for i in range(elements)))
-    url = f"http://127.0.0.1:{port}/v2/models/double/infer"
-    if binary:
-        header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
-                                           "parameters": {"binary_data_size": len(values) * 4}}],
-                               "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
-        content, headers = header + values.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
-    else:
-        content = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [elements],
-                                            "data": values.tolist()}]})
-        headers = {"Content-Type": "application/json"}
-    timings = []
-    with httpx.Client(timeout=120) as client:
-        for _ in range(repeat + 1):
-            started = time.perf_counter()
-            response = client.post(url, content=content, headers=headers)
-            response.raise_for_status()
-            timings.append(time.perf_counter() - started)
-    return statistics.median(timings[1:])
 
 
 def file_round_trip(port: int, size: int = 10 * MB, repeat: int = 5) -> float:
@@ -250,13 +246,10 @@ def main() -> None:
             row: dict[str, object] = {"idle_rss": tree_rss(process.pid)}
             with PeakRss(process.pid) as peak:
                 for connections in levels:
-                    row[connections] = wrk(url, connections, args.seconds, script)
+                    row[connections] = wrk_with_cpu(url, connections, args.seconds, script, process.pid)
                     print(f"   {connections:>3} connections: {row[connections]}", file=sys.stderr)
             row["loaded_rss"] = peak.peak
-            if key in ("mlcomponent", "mlserver", "kserve"):
-                row["large_json"] = large_tensor(port, binary=False)
             if key == "mlcomponent":
-                row["large_binary"] = large_tensor(port, binary=True)
                 row["file"] = file_round_trip(port)
         results[key] = row
     table = render(results, levels)
@@ -306,12 +299,16 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     if "mlcomponent" in results:
         mine = results["mlcomponent"]
         lines += ratio_rows(results, levels, "mlcomponent", "bare uvicorn")
-        lines += ["", "| 1M FP32 elements in and out (median of 5) | seconds |", "|---|---|"]
-        for key in ("mlcomponent", "mlserver", "kserve"):
-            if key in results and "large_json" in results[key]:
-                lines.append(f"| {names[key]}, JSON | {results[key]['large_json']:.3f} |")
-        lines.append(f"| mlcomponent, binary tensor extension | {mine['large_binary']:.3f} |")
-        lines.append(f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |")
+        lines += ["", "| server CPU µs per request (user + system, whole process tree) | " +
+                  " | ".join(f"@{c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+        for key, row in results.items():
+            lines.append(f"| {names[key]} | " + " | ".join(
+                f"{row[c]['cpu_us']:.0f}" for c in levels) + " |")  # type: ignore[index]
+        if "bare" in results:
+            lines.append("| mlcomponent's share of the ceiling by CPU (bare's µs / ours) | " + " | ".join(
+                f"{results['bare'][c]['cpu_us'] / mine[c]['cpu_us']:.0%}" for c in levels) + " |")  # type: ignore[index]
+        lines += ["", "| median of 5 (large tensors: benchmarks/large.py) | seconds |", "|---|---|",
+                  f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |"]
     return "\n".join(lines) + "\n"
 
 
