@@ -75,7 +75,13 @@ def test_rendered_deployment_has_what_the_platform_needs() -> None:
     assert sync["command"][3:6] == ["sync-box", "mymodule-data-box", "/home/path/to"]
     secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in main["env"] if "valueFrom" in e}
     assert secret_refs == {"users-s3"}  # the copyS3Box's credentials
-    assert objects["Service"]["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert objects["Service"]["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
+    command = main["command"]
+    assert command[command.index("--grpc-port") + 1] == "8081" and command[command.index("--timeout") + 1] == "60"
+    assert "--hide-errors" in command  # end users of someone else's module see no internals
+    assert main["lifecycle"]["preStop"]["exec"]["command"][0] == "python3"
     boxes = yaml.safe_load(objects["ConfigMap"]["data"]["boxes.yaml"])["boxes"]
     assert boxes["mymodule-data-box"] == {"mounted": True} and boxes["users"]["s3"]["bucket"] == "users"
 

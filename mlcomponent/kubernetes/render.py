@@ -40,10 +40,12 @@ class Port:
     flag: str
     container: int
     service: int
+    app_protocol: str | None = None
 
 
 # One line per port: the serve flag, the container port and the Service port follow from it.
-PORTS = [Port("http", "--port", 8080, 80)]
+PORTS = [Port("http", "--port", 8080, 80), Port("grpc", "--grpc-port", 8081, 8081, app_protocol="grpc")]
+DEADLINE_SECONDS = 60  # the default deadline of one call (--timeout), stated so the pod's is visible
 HTTP = PORTS[0]
 
 
@@ -288,6 +290,8 @@ def serve_command() -> list[str]:
         "--boxes", f"{CONFIG_DIR}/boxes.yaml",
         "--data-root", DATA_DIR,
         "--grace-period", str(GRACE_SECONDS),
+        "--timeout", str(DEADLINE_SECONDS),
+        "--hide-errors",  # end users calling someone else's module see the exception type, not its internals
         "--log-format", "json",
     ]
 
@@ -379,7 +383,8 @@ def deployment(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
 
 
 def service(manifest: Manifest) -> dict[str, Any]:
-    ports = [{"name": port.name, "port": port.service, "targetPort": port.name, "protocol": "TCP"} for port in PORTS]
+    ports = [{"name": port.name, "port": port.service, "targetPort": port.name, "protocol": "TCP",
+              **({"appProtocol": port.app_protocol} if port.app_protocol else {})} for port in PORTS]
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(manifest, manifest.metadata.name),
             "spec": {"type": "ClusterIP", "selector": selector(manifest.metadata.name), "ports": ports}}
 
