@@ -1,6 +1,6 @@
 """gRPC: mlcomponent against MLServer's and KServe's gRPC servers on the same doubling model.
 
-    .venv/bin/python benchmarks/grpc_bench.py   # about 5 minutes on 2 cores (+ the peers' install, once)
+    .venv/bin/python benchmarks/grpc_bench.py   # about 4 minutes on 2 cores (+ the peers' install, once)
 
 The load generator is h2load (nghttp2's, in C): one HTTP/2 connection carrying 1, 8 and 64
 concurrent streams of the protocol's ``ModelInfer`` (typed ``fp32_contents``, which every server
@@ -11,7 +11,9 @@ says how far it is from being the bottleneck.
 h2load counts HTTP/2 answers, and a gRPC error is an HTTP 200 too, so every run is checked: the
 data bytes received must be exactly (answers × the size of the one correct answer, taken from a
 real client's call first). Our REST (wrk, as benchmarks/run.py drives it) is measured in the same
-run for the comparison. Server on CPU 1, generator on CPU 0; only ratios from one run mean anything.
+run for the comparison. Servers on CPU 1, generator on CPU 0. All servers run at once and are
+measured in turn, in interleaved rounds (median round), so that whatever else loads the machine
+falls on each alike; still, only ratios from one run mean anything.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
@@ -92,9 +96,8 @@ def answer_size(port: int, deadline_s: float = 120) -> int:
             time.sleep(0.2)
 
 
-def h2load(port: int, streams: int, seconds: int, body: Path, size: int, work: Path) -> dict[str, float]:
-    """One run; requests/s, p50/p99 ms (from h2load's per-request log), the generator's CPU share."""
-    log = work / f"h2load-{port}-{streams}.log"
+def h2load(port: int, streams: int, seconds: int, body: Path, size: int, log: Path) -> dict[str, Any]:
+    """One run: requests/s, each request's ms (h2load's per-request log), errors, the generator's CPU share."""
     command = ["taskset", "-c", "0", "h2load", "-c", "1", "-t", "1", "-m", str(streams), "-D", str(seconds),
                "-d", str(body), "--log-file", str(log),
                "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{METHOD}"]
@@ -115,17 +118,25 @@ def h2load(port: int, streams: int, seconds: int, body: Path, size: int, work: P
     if not (done and rate and data):
         raise RuntimeError(f"h2load said:\n{output}")
     succeeded, failed = int(done.group(2)), int(done.group(3)) + int(done.group(4))
-    durations = sorted(int(line.split()[2]) / 1000 for line in log.read_text().splitlines() if line.strip())
     received = int(data.group(2))  # every answer must be the one correct answer, byte for byte in size
     wrong = abs(succeeded - received // size) if received % size == 0 else max(1, succeeded - received // size)
-    return {"rps": float(rate.group(2)), "p50": statistics.median(durations) if durations else float("nan"),
-            "p99": durations[int(len(durations) * 0.99) - 1] if durations else float("nan"),
-            "errors": failed + wrong, "generator_cpu": cpu / float(rate.group(1))}
+    return {"rps": float(rate.group(2)), "errors": failed + wrong, "cpu": cpu / float(rate.group(1)),
+            "ms": [int(line.split()[2]) / 1000 for line in log.read_text().splitlines() if line.strip()]}
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Rounds of one server at one level: the median round's req/s; p50/p99 over every request."""
+    durations = sorted(ms for run in runs for ms in run["ms"])
+    return {"rps": statistics.median(run["rps"] for run in runs), "errors": sum(run["errors"] for run in runs),
+            "p50": statistics.median(durations) if durations else float("nan"),
+            "p99": durations[max(0, int(len(durations) * 0.99) - 1)] if durations else float("nan"),
+            "generator_cpu": max(run["cpu"] for run in runs)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=4, help="h2load duration per server, level and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", default="1,8,64")
     parser.add_argument("--only", default="bare,mlcomponent,mlserver,kserve")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
@@ -141,42 +152,56 @@ def main() -> None:
     script = work / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = \'{orjson.dumps(BODY).decode()}\'\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')
-    results: dict[str, dict[str, object]] = {}
     load = os.getloadavg()
-    for key in args.only.split(","):
-        http, port = free_port(), free_port()
-        server = servers(http, port, work)[key]
-        if not Path(server.command[0]).exists():
-            print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
-            continue
-        print(f"== {server.name}", file=sys.stderr)
-        with pinned(server.command, server.cwd, server.env, work / f"{key}.log") as process:
+    with ExitStack() as stack:
+        # Every server up at once (an idle one costs nothing), measured in turn, round after round:
+        # whatever else loads the machine falls on all of them alike.
+        live: dict[str, tuple[int, int, int, Any]] = {}
+        for key in args.only.split(","):
+            http, port = free_port(), free_port()
+            server = servers(http, port, work)[key]
+            if not Path(server.command[0]).exists():
+                print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
+                continue
+            process = stack.enter_context(pinned(server.command, server.cwd, server.env, work / f"{key}.log"))
             try:
                 size = answer_size(port)
             except grpc.RpcError:
                 raise RuntimeError((work / f"{key}.log").read_text()[-3000:]) from None
-            h2load(port, 8, 3, body, size, work)  # warm-up
-            row: dict[str, object] = {"idle_rss": tree_rss(process.pid)}
-            with PeakRss(process.pid) as peak:
+            h2load(port, 8, 2, body, size, work / "warm-up.log")
+            live[key] = (http, port, size, process)
+        idle = {key: tree_rss(process.pid) for key, (_, _, _, process) in live.items()}
+        peaks = {key: stack.enter_context(PeakRss(process.pid)) for key, (_, _, _, process) in live.items()}
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        rest: dict[int, list[dict[str, float]]] = {}
+        for round_ in range(args.rounds):
+            for key, (http, port, size, _) in live.items():
                 for streams in levels:
-                    row[streams] = h2load(port, streams, args.seconds, body, size, work)
-                    print(f"   {streams:>3} streams: {row[streams]}", file=sys.stderr)
-                if key == "mlcomponent":  # our REST, same process, same run
-                    row["rest"] = {c: wrk(f"http://127.0.0.1:{http}/v2/models/double/infer", c, args.seconds, script)
-                                   for c in levels}
-                    print(f"   REST: {row['rest']}", file=sys.stderr)
-            row["loaded_rss"] = peak.peak
-        results[key] = row
-    table = render(results, levels, load, os.getloadavg())
+                    run = h2load(port, streams, args.seconds, body, size, work / f"{key}-{streams}.log")
+                    runs.setdefault((key, streams), []).append(run)
+                    print(f"round {round_ + 1} {key} @{streams}: {run['rps']:.0f} req/s, {run['errors']} errors",
+                          file=sys.stderr)
+                if key == "mlcomponent":  # our REST, same process, same rounds
+                    for connections in levels:
+                        rest.setdefault(connections, []).append(
+                            wrk(f"http://127.0.0.1:{http}/v2/models/double/infer", connections, args.seconds, script))
+        results: dict[str, dict[Any, Any]] = {}
+        for key in live:
+            results[key] = {level: summary(runs[key, level]) for level in levels}
+            results[key].update(idle_rss=idle[key], loaded_rss=peaks[key].peak)
+        if "mlcomponent" in results:
+            results["mlcomponent"]["rest"] = {c: {"rps": statistics.median(r["rps"] for r in rest[c])} for c in levels}
+    table = render(results, levels, load, os.getloadavg(), args.rounds, args.seconds)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
 
 
-def render(results: dict[str, dict[str, object]], levels: list[int], before: tuple[float, float, float],
-           after: tuple[float, float, float]) -> str:
-    lines = [f"Machine: {os.cpu_count()} cores; server on CPU 1, h2load on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}; "
-             f"load average {before[0]:.1f} before, {after[0]:.1f} after", "",
+def render(results: dict[str, dict[Any, Any]], levels: list[int], before: tuple[float, float, float],
+           after: tuple[float, float, float], rounds: int, seconds: int) -> str:
+    lines = [f"Machine: {os.cpu_count()} cores; servers on CPU 1, h2load on CPU 0; {time.strftime('%Y-%m-%d %H:%M')}; "
+             f"load average {before[0]:.1f} before, {after[0]:.1f} after; {rounds} interleaved rounds of {seconds} s, "
+             "median round", "",
              "| gRPC server | " + " | ".join(f"req/s @{n}" for n in levels) + " | " +
              " | ".join(f"p50/p99 ms @{n}" for n in levels) + " | errors | h2load CPU | idle RSS | loaded RSS |",
              "|---" * (2 * len(levels) + 5) + "|"]
