@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -69,19 +70,21 @@ def main() -> None:
         script = work / f"{model}.lua"
         script.write_text(f'wrk.method = "POST"\nwrk.body = \'{orjson.dumps(body).decode()}\'\n'
                           'wrk.headers["Content-Type"] = "application/json"\n')
-        for key in args.only.split(","):
-            port = bench.free_port()
-            server = servers(port, work, model)[key]
-            print(f"== {server.name}", file=sys.stderr)
-            with bench.running(server, port, work / f"{model}-{key}.log"):
-                url = f"http://127.0.0.1:{port}{server.path}"
+        with ExitStack() as stack:
+            urls = {}
+            for key in args.only.split(","):  # all up at once; they take turns at each concurrency
+                port = bench.free_port()
+                server = servers(port, work, model)[key]
+                stack.enter_context(bench.running(server, port, work / f"{model}-{key}.log"))
+                urls[key] = url = f"http://127.0.0.1:{port}{server.path}"
                 check = httpx.post(url, json=body, timeout=10)
                 assert check.status_code == 200, check.text
                 bench.wrk(url, 64, 2, script)
-                for connections in levels:
+            for connections in levels:
+                for key, url in urls.items():
                     row = bench.wrk(url, connections, args.seconds, script)
                     results.setdefault(model, {}).setdefault(key, {})[connections] = row
-                    print(f"   {connections:>3} connections: {row}", file=sys.stderr)
+                    print(f"   {model} {key} @{connections}: {row}", file=sys.stderr)
     table = render(results, levels, load)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

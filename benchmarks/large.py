@@ -10,8 +10,9 @@ mlcomponent against MLServer and KServe, each on its fastest path.
   asks for binary outputs.
 
 The client is `http.client`, connected before the clock starts (httpx alone costs 40 ms
-for a 4 MB echo on this machine), the same for every server. Each figure is the median of a few
-requests after one warm-up; the answer's values are checked once. Servers on CPU 1, the
+for a 4 MB echo on this machine), the same for every server. The servers take turns request by
+request (so a change in the machine's load hits them alike); each figure is the median of a
+few requests after one warm-up, whose answer is checked. Servers on CPU 1, the
 client on CPU 0.
 """
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from array import array
+from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
@@ -73,24 +75,29 @@ def check(answer: bytes, headers: http.client.HTTPMessage, values: array[float],
     assert len(got) == len(values) and got[7] == values[7] * 2 and got[-1] == values[-1] * 2, "wrong answer"
 
 
-def timed(port: int, values: array[float], binary: bool, repeat: int) -> float:
+def timed(ports: dict[str, int], keys: list[str], values: array[float], binary: bool,
+          repeat: int) -> dict[str, list[float]]:
+    """Seconds per request for each server, taking turns (after one checked warm-up request each)."""
     body, headers = request(values, binary)
-    timings = []
+    timings: dict[str, list[float]] = {key: [] for key in keys}
     for attempt in range(repeat + 1):
-        # a connection per request: checking a 16M answer outlasts the servers' keep-alive timeouts
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        connection.connect()
-        started = time.perf_counter()
-        connection.request("POST", "/v2/models/double/infer", body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-        timings.append(time.perf_counter() - started)
-        if response.status != 200:
-            raise RuntimeError(f"{response.status}: {answer[:300]!r}")
-        connection.close()
-        if attempt == 0:
-            check(answer, response.headers, values, binary)
-    return statistics.median(timings[1:])
+        for key in keys:
+            # a connection per request: checking a 16M answer outlasts the servers' keep-alive timeouts
+            connection = http.client.HTTPConnection("127.0.0.1", ports[key], timeout=600)
+            connection.connect()
+            started = time.perf_counter()
+            connection.request("POST", "/v2/models/double/infer", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            elapsed = time.perf_counter() - started
+            connection.close()
+            if response.status != 200:
+                raise RuntimeError(f"{key}: {response.status}: {answer[:300]!r}")
+            if attempt == 0:
+                check(answer, response.headers, values, binary)
+            else:
+                timings[key].append(elapsed)
+    return timings
 
 
 def main() -> None:
@@ -104,20 +111,21 @@ def main() -> None:
     data = {n: array("f", (float(i % 1000) for i in range(n))) for n in sizes}
     load = os.getloadavg()
     results: dict[str, dict[tuple[int, bool], float]] = {}
-    for key in args.only.split(","):
-        port = bench.free_port()
-        server = servers(port, work)[key]
-        print(f"== {server.name}", file=sys.stderr)
-        with bench.running(server, port, work / f"{key}.log"):
-            for n in sizes:
-                for binary in (False, True):
-                    if binary and key == "mlserver":
-                        continue
-                    if key == "lists" and n > 1_000_000 and not binary:
-                        continue  # minutes per request: lists of 16M Python floats
-                    repeat = 5 if n <= 1_000_000 else 3 if binary else 2
-                    results.setdefault(key, {})[n, binary] = seconds = timed(port, data[n], binary, repeat)
-                    print(f"   {n:>10,} {'binary' if binary else 'JSON'}: {seconds:.3f} s", file=sys.stderr)
+    with ExitStack() as stack:
+        ports = {}
+        for key in args.only.split(","):  # all up at once; they take turns request by request
+            port = bench.free_port()
+            stack.enter_context(bench.running(servers(port, work)[key], port, work / f"{key}.log"))
+            ports[key] = port
+        for n in sizes:
+            for binary in (False, True):
+                keys = [k for k in ports if not (binary and k == "mlserver")  # no binary REST
+                        and not (k == "lists" and n > 1_000_000 and not binary)]  # minutes: 16M Python floats
+                repeat = 5 if n <= 1_000_000 else 3 if binary else 2
+                timings = timed(ports, keys, data[n], binary, repeat)
+                for key in keys:
+                    results.setdefault(key, {})[n, binary] = seconds = statistics.median(timings[key])
+                    print(f"   {key} {n:>10,} {'binary' if binary else 'JSON'}: {seconds:.3f} s", file=sys.stderr)
     table = render(results, sizes, servers(0, work), load)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,27 +231,29 @@ def main() -> None:
     script.write_text(f'wrk.method = "POST"\nwrk.body = \'{orjson.dumps(BODY).decode()}\'\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')
     results: dict[str, dict[str, object]] = {}
-    for key in args.only.split(","):
-        port = free_port()
-        server = servers(port, work)[key]
-        if not Path(server.command[0]).exists() and not shutil.which(server.command[0]):
-            print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
-            continue
-        print(f"== {server.name}", file=sys.stderr)
-        with running(server, port, work / f"{key}.log") as process:
+    with ExitStack() as stack:
+        started: dict[str, tuple[str, int, int, PeakRss]] = {}
+        for key in args.only.split(","):  # every server up at once, idle until its turn
+            port = free_port()
+            server = servers(port, work)[key]
+            if not Path(server.command[0]).exists() and not shutil.which(server.command[0]):
+                print(f"skipping {server.name}: not installed (benchmarks/setup-peers.sh)", file=sys.stderr)
+                continue
+            process = stack.enter_context(running(server, port, work / f"{key}.log"))
             url = f"http://127.0.0.1:{port}{server.path}"
             check = httpx.post(url, json=BODY, timeout=10)
             assert check.status_code == 200 and check.json()["outputs"][0]["data"] == [2, 4, 6, 8], check.text
             wrk(url, 8, args.warmup, script)
-            row: dict[str, object] = {"idle_rss": tree_rss(process.pid)}
-            with PeakRss(process.pid) as peak:
-                for connections in levels:
-                    row[connections] = wrk_with_cpu(url, connections, args.seconds, script, process.pid)
-                    print(f"   {connections:>3} connections: {row[connections]}", file=sys.stderr)
-            row["loaded_rss"] = peak.peak
+            results[key] = {"idle_rss": tree_rss(process.pid)}
+            started[key] = (url, port, process.pid, stack.enter_context(PeakRss(process.pid)))
+        for connections in levels:  # side by side: the servers take turns at each concurrency
+            for key, (url, _, pid, _) in started.items():
+                results[key][connections] = wrk_with_cpu(url, connections, args.seconds, script, pid)
+                print(f"   {key} @{connections}: {results[key][connections]}", file=sys.stderr)
+        for key, (_, port, _, peak) in started.items():
+            results[key]["loaded_rss"] = peak.peak
             if key == "mlcomponent":
-                row["file"] = file_round_trip(port)
-        results[key] = row
+                results[key]["file"] = file_round_trip(port)
     table = render(results, levels)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
