@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.prerequisites import require_control_plane
-from tests.support import ROOT, free_port, stop_group
+from tests.support import ROOT, free_port, free_port_pair, stop_group
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
 BIN = Path(os.environ.get("K8S_BIN_DIR", "/var/cache/mlcomponent-k8s/bin"))
@@ -60,7 +60,7 @@ class Cluster:
 @contextmanager
 def control_plane(folder: Path, garbage_collector: bool = True) -> Iterator[Cluster]:
     require_control_plane()  # "not run, because ..." without ../shared/tools/k8s, kubectl or root
-    env = {**os.environ, "K8S_DIR": str(folder), "APISERVER_PORT": str(free_port()), "ETCD_PORT": str(free_port())}
+    env = {**os.environ, "K8S_DIR": str(folder), "APISERVER_PORT": str(free_port()), "ETCD_PORT": str(free_port_pair())}
     subprocess.run([str(TOOLS / "ensure.sh")], check=True, capture_output=True, env=env)
     started = subprocess.run([str(TOOLS / "start.sh")], capture_output=True, text=True, env=env)
     if started.returncode != 0:
@@ -131,7 +131,7 @@ def bridge_exists() -> bool:
 def node_cluster(folder: Path, images: list[str], extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """start.sh (WITH_KCM=1) and node.sh with ``images`` copied into containerd; stop.sh afterwards."""
     env = {**os.environ, **(extra_env or {}), "K8S_DIR": str(folder), "APISERVER_PORT": str(free_port()),
-           "ETCD_PORT": str(free_port()), "WITH_KCM": "1", "IMAGES": " ".join(images)}
+           "ETCD_PORT": str(free_port_pair()), "WITH_KCM": "1", "IMAGES": " ".join(images)}
     _script("ensure.sh", env)
     try:
         _script("start.sh", env)

@@ -43,6 +43,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port P with P+1 free too (etcd's client and peer ports), below the ephemeral range.
+
+    Ports the kernel hands out for outgoing connections (32768 and up) could take P+1
+    between our check and etcd's bind; below 32768 nothing is handed out by the kernel.
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 32000, 2)
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports between 20000 and 32000")
+
+
 def manifest_data(function: str, *, name: str = "test-model", python_path: str | None = None,
                   env: dict[str, str] | None = None, cpu: str = "1") -> dict[str, Any]:
     return {
