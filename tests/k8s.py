@@ -176,7 +176,8 @@ def collect_artifacts(cluster: Cluster, folder: Path, namespaces: list[str], log
              "-n", namespace, "-o", "yaml")
         save(f"{namespace}-events.txt", "get", "events", "-n", namespace, "--sort-by", ".lastTimestamp")
         save(f"{namespace}-describe-pods.txt", "describe", "pods", "-n", namespace)
-        for pod in cluster.items("pods", namespace):
+        listed = cluster.kubectl("get", "pods", "-n", namespace, "-o", "json", check=False)
+        for pod in json.loads(listed.stdout)["items"] if listed.returncode == 0 else []:
             name = pod["metadata"]["name"]
             for previous in ("", "--previous"):
                 save(f"{namespace}-{name}-logs{previous}.txt", "logs", name, "-n", namespace, "--all-containers",
