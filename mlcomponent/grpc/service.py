@@ -155,9 +155,12 @@ class InferenceService:
         plane = self.plane
         plane.check_model(message.model_name)
         plane.admit()
-        body, raw_answer = request_body(message, context.time_remaining())
-        # The call runs to its own end (or its deadline, which stops the worker) even when the
-        # RPC is cancelled under it, as a REST call does when its client goes away.
+        deadline = context.time_remaining()
+        body, raw_answer = request_body(message, deadline)
+        if deadline is None:  # only the client going away cancels it: nobody is left to answer
+            return response_message(await self._infer(body, arrived), raw_answer)
+        # grpc cancels the RPC at its deadline, the moment the data plane's own deadline (the same)
+        # passes: the call runs on to that, so that a running worker is stopped, not left running.
         task = asyncio.ensure_future(self._infer(body, arrived))
         try:
             response = await asyncio.shield(task)
