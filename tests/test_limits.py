@@ -16,7 +16,7 @@ from mlcomponent.runtime.files import FileKeys
 from mlcomponent.runtime.frames import WorkerConfig
 from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.settings import ServeOptions, Settings, memory_bytes, parse_duration, read_auth_token
-from tests.support import write_manifest
+from tests.support import run_cli, write_manifest
 
 
 @pytest.mark.parametrize(("quantity", "expected"), [
@@ -53,6 +53,12 @@ def test_cpu_sets_thread_counts_per_worker_unless_spec_env_or_the_environment_do
     assert "MKL_NUM_THREADS" not in env  # the environment serve runs in wins (the worker inherits it)
     assert env["OPENBLAS_NUM_THREADS"] == env["NUMEXPR_NUM_THREADS"] == "2"  # 4 cores over 2 workers
     assert settings(tmp_path, "500m", {}, {}).worker_env["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_default_deadline_is_60_seconds_and_0_turns_it_off(tmp_path: Path) -> None:
+    assert ServeOptions(manifest="m").timeout == 60
+    shown = run_cli("serve", "--help")
+    assert "--timeout FLOAT" in shown.stdout and "0: none. [default: 60.0]" in " ".join(shown.stdout.split())
 
 
 def test_memory_limit_comes_from_the_manifest_unless_no_limits(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import ROOT, Server, serve, write_manifest
@@ -231,17 +232,22 @@ def server_paths(server: Server) -> list[str]:
     return [str(server.data_root), str(ROOT), str(Path(server.data_root).resolve()), "/tmp/", "/work/", "/home/"]
 
 
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client(timeout=60) as shared:
+        yield shared
+
+
 @pytest.mark.parametrize("row", list(CORPUS), ids=list(CORPUS))
-def test_every_malformed_request_is_a_4xx_that_names_no_server_path(server: Server, row: str) -> None:
+def test_every_malformed_request_is_a_4xx_that_names_no_server_path(server: Server, client: httpx.Client,
+                                                                     row: str) -> None:
     method, path, headers, content = CORPUS[row]
-    with server.client(timeout=60) as client:
-        response = client.request(method, path, headers=headers, content=content)
-        assert 400 <= response.status_code < 500, f"{row}: {response.status_code} {response.text[:500]}"
-        message = response.json()["error"]
-        assert isinstance(message, str) and message, row
-        for where in server_paths(server):
-            assert where not in response.text, f"{row}: the message shows {where!r}: {message[:300]}"
-        assert client.get("/v2/health/ready").status_code == 200
+    response = client.request(method, path, headers=headers, content=content)
+    assert 400 <= response.status_code < 500, f"{row}: {response.status_code} {response.text[:500]}"
+    message = response.json()["error"]
+    assert isinstance(message, str) and message, row
+    for where in server_paths(server):
+        assert where not in response.text, f"{row}: the message shows {where!r}: {message[:300]}"
 
 
 def test_a_request_line_the_parser_refuses_is_a_400(server: Server) -> None:
@@ -252,8 +258,9 @@ def test_a_request_line_the_parser_refuses_is_a_400(server: Server) -> None:
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
 
 
-def test_the_corpus_left_no_request_folders_and_no_uploads(server: Server) -> None:
-    """Runs after the corpus (module order): every refused request cleaned up after itself."""
+def test_the_corpus_left_the_service_ready_with_no_request_folders_and_no_uploads(server: Server) -> None:
+    """Runs after the corpus (module order): still ready, and every refused request cleaned up after itself."""
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     files_root = server.data_root / "files" / "nonexistent" / "mlc" / "tmp"
     assert not files_root.exists() or list(files_root.iterdir()) == []
     kept = server.data_root / "boxes" / "users" / "mlcomponent"
