@@ -18,7 +18,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from tests.support import stop_group  # noqa: E402 - the tests' way to stop a server's process group
+
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 MB = 1024 * 1024
 EXTRA = os.environ.get("MLC_BENCH_ARGS", "").split()
@@ -120,12 +122,7 @@ def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[b
             time.sleep(0.1)
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
