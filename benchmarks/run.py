@@ -15,11 +15,9 @@ speed moves ±30% with load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,6 +37,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from tests.support import stop_group  # noqa: E402 - the tests' way to stop a server's process group
+
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 MB = 1024 * 1024
 EXTRA = os.environ.get("MLC_BENCH_ARGS", "").split()
@@ -111,11 +112,7 @@ def pinned(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Ite
     try:
         yield process
     finally:
-        for sig, patience in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):  # politely, then not
-            os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=patience)
-                break
+        stop_group(process)
 
 
 @contextmanager
