@@ -122,7 +122,6 @@ CORPUS: dict[str, Row] = {
     "parameter a list": ("POST", INFER, {}, j({"inputs": [], "parameters": {"p": [1, 2]}})),
     "parameter an object": ("POST", INFER, {}, j({"inputs": [], "parameters": {"p": {"a": 1}}})),
     "timeout negative": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": -1}})),
-    "timeout zero": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": 0}})),
     "timeout a string": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": "soon"}})),
     "timeout a boolean": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": True}})),
     "outputs a number": ("POST", INFER, {}, j({"inputs": [NOTE], "outputs": 5})),

@@ -93,3 +93,21 @@ def test_s3_box_keeps_files_for_keep_files(s3: S3Endpoint, tmp_path: Path) -> No
         assert sorted(s3.keys("retention-users", prefix)) == sorted(
             [kept.json()["parameters"]["uploaded_files"]["doc"], output])
         poll(lambda: s3.keys("retention-users", prefix) == [], "S3 objects removed after --keep-files")
+
+
+def test_a_sweep_never_removes_a_folder_a_live_request_holds(tmp_path: Path) -> None:
+    """Services may share inferenceFilesPath: one's start-up sweep must leave another's live requests."""
+    from mlcomponent.runtime.files import hold_folder
+    from mlcomponent.runtime.retention import sweep_request_folders
+
+    live, orphan = tmp_path / ("a" * 32), tmp_path / ("b" * 32)
+    live.mkdir()
+    orphan.mkdir()
+    owner = hold_folder(live)
+    assert owner is not None
+    try:
+        assert sweep_request_folders(tmp_path) == 1
+        assert live.is_dir() and not orphan.exists()
+    finally:
+        os.close(owner)  # as when its process ends: the kernel drops the lock
+    assert sweep_request_folders(tmp_path) == 1 and not live.exists()

@@ -12,9 +12,11 @@ service minted, and the box keeps them for ``--keep-files`` (``runtime/retention
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import mimetypes
+import os
 import posixpath
 import shutil
 import uuid
@@ -71,6 +73,39 @@ class FileKeys:
         return bool(request_id) and hmac.compare_digest(signature, self._signature(request_id))
 
 
+OWNER_FILE = ".owner"  # in each request folder; locked (flock) while a live process uses the folder
+
+
+def hold_folder(folder: Path) -> int | None:
+    """Lock the folder's owner file for as long as this process holds the returned descriptor.
+
+    A sweeper (another service sharing ``inferenceFilesPath``, or this one's start-up
+    sweep) removes only folders nobody holds: the kernel drops the lock when its process
+    dies, so a killed process's folders are fair game and a live one's never are.
+    """
+    try:
+        descriptor = os.open(folder / OWNER_FILE, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError:
+        return None
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def is_held(folder: Path) -> bool:
+    """Whether a live process holds ``folder`` (see ``hold_folder``)."""
+    try:
+        descriptor = os.open(folder / OWNER_FILE, os.O_RDONLY)
+    except OSError:
+        return False  # no owner file: an old or half-made folder, nobody's
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # closing releases a lock we got
+    return False
+
+
 class RequestFiles:
     """The files of one request. Staging returns where each file is; nothing is changed in place."""
 
@@ -87,6 +122,7 @@ class RequestFiles:
         self.keys = keys
         self.upload_keys: dict[str, str] = {}
         self.published: list[str] = []  # output keys written to the box
+        self._owner: int | None = None  # the lock that tells sweepers this folder is in use
         self._created = False
 
     @property
@@ -103,6 +139,7 @@ class RequestFiles:
     def ensure_folder(self) -> Path:
         if not self._created:
             self.folder.mkdir(parents=True, exist_ok=False)
+            self._owner = hold_folder(self.folder)
             self._created = True
         return self.folder
 
@@ -184,6 +221,9 @@ class RequestFiles:
     def cleanup(self) -> None:
         if self._created:
             shutil.rmtree(self.folder, ignore_errors=True)
+            if self._owner is not None:
+                os.close(self._owner)
+                self._owner = None
 
     @property
     def in_box(self) -> bool:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from mlcomponent.boxes.base import Box
-from mlcomponent.runtime.files import KEY_ROOT, FileKeys
+from mlcomponent.runtime.files import KEY_ROOT, FileKeys, is_held
 
 log = logging.getLogger("mlcomponent.retention")
 REQUEST_FOLDER = re.compile(r"^[0-9a-f]{32}$")  # RequestFiles.id: uuid4().hex
@@ -67,8 +67,9 @@ def sweep_box(box: Box, model_name: str, keep: float, now: float | None = None) 
 def sweep_request_folders(root: Path, older_than: float | None = None, now: float | None = None) -> int:
     """Remove request folders (``older_than`` seconds old, or all of them); returns how many.
 
-    Only folders named like a request's (32 hex digits): ``inferenceFilesPath`` may be
-    shared, and nothing else in it is ours.
+    Only folders named like a request's (32 hex digits) that no live process holds
+    (``files.hold_folder``): ``inferenceFilesPath`` may be shared by several services,
+    and nothing else in it, nor another's live request, is ours to remove.
     """
     cutoff = None if older_than is None else (now if now is not None else time.time()) - older_than
     removed = 0
@@ -79,6 +80,8 @@ def sweep_request_folders(root: Path, older_than: float | None = None, now: floa
     for entry in entries:
         if not REQUEST_FOLDER.match(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
+        if is_held(Path(entry.path)):
+            continue  # a live request's, of this or another service sharing the folder
         try:
             if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                 continue
