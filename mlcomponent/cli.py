@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -243,7 +244,7 @@ def _check_can_listen(host: str, port: int) -> None:
         raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}; check --host and --port") from None
 
 
-def _bindable(bind: Any, port: int) -> bool:
+def _bindable(bind: Callable[[int], None], port: int) -> bool:
     try:
         bind(port)
         return True
