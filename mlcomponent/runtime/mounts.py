@@ -6,6 +6,7 @@ onto the box's folder (no copy), or onto a synced read-only cache of an S3 box.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ class Mount:
 
 def box_settings(settings: Settings, box_name: str) -> BoxSettings:
     """How the box is reached: the ``--boxes`` file's entry, else a local folder under data-root."""
-    return BoxesConfig.load(settings.options.boxes).settings_for(box_name)
+    return _boxes_config(settings.options.boxes).settings_for(box_name)
+
+
+@functools.lru_cache(maxsize=4)
+def _boxes_config(path: str | None) -> BoxesConfig:
+    """The ``--boxes`` file, read once per process (every mount and the file box ask for it)."""
+    return BoxesConfig.load(path)
 
 
 def mount_folder(settings: Settings, box: ConnectedBox, sync: bool,
