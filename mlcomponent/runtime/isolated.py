@@ -116,6 +116,7 @@ def _describe_exit(code: int | None) -> str:
 class _Call:
     frame: bytes
     future: asyncio.Future[Any]
+    deadline: float | None = None  # loop.time() after which it is answered 504
     abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
     started_at: float = field(default_factory=time.monotonic)
 
@@ -188,8 +189,15 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
             self.hello.set_exception(ConnectionError("the worker exited before it loaded the function"))
         self.on_lost(self)
 
-    def write(self, frame: bytes) -> None:
-        """Queue a frame; the frames of one loop iteration go in one write (one wake-up of the worker)."""
+    def write(self, frame: bytes, *, idle: bool = False) -> None:
+        """Send a frame. To a busy worker (``idle`` false) the frames of one loop iteration go in one
+        write (one wake-up of the worker when it is done); an idle worker gets its frame at once
+        (a loop turn fewer per call when requests come one at a time)."""
+        if idle and not self._outgoing:
+            pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
+            if pipe is not None and not pipe.is_closing():
+                pipe.write(frame)
+            return
         self._outgoing.append(frame)
         if len(self._outgoing) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -223,6 +231,10 @@ class ProcessRunner:
         self._closed: asyncio.Event | None = None
         self._replacing_overdue = False  # a call ran past its deadline: not ready until a new worker is up
         self._oom_kills: int | None = None
+        # One timer for every pending call's deadline, armed for the earliest: a per-call
+        # wait_for(shield(...)) cost a timer, two futures and three loop turns per request.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def waiting(self) -> int:
@@ -378,17 +390,17 @@ class ProcessRunner:
         """Run one call; ``deadline`` is a ``loop.time()`` after which it is abandoned (504)."""
         loop = asyncio.get_running_loop()
         wall_deadline = None if deadline is None else time.time() + (deadline - loop.time())
-        call = _Call(frame(("call", parameters, inputs, output_fields, wall_deadline)), loop.create_future())
+        call = _Call(frame(("call", parameters, inputs, output_fields, wall_deadline)), loop.create_future(),
+                     deadline)
         self._pending.append(call)
         if self._pipe is not None:
-            self._pipe.write(call.frame)
+            self._pipe.write(call.frame, idle=len(self._pending) == 1)
         # else: the worker is (re)starting, and _spawn sends every pending call
+        if deadline is not None:
+            self._watch_deadline(loop, deadline)
         try:
-            if deadline is None:
-                reply = await call.future
-            else:
-                reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
-        except TimeoutError:
+            reply = await call.future  # a cancelled caller cancels only this future: _on_reply skips it
+        except TimeoutError:  # set by _expire: the deadline passed
             call.abandoned = True
             pipe = self._pipe
             if self._pending and self._pending[0] is call and pipe is not None and pipe.transport is not None:
@@ -398,6 +410,32 @@ class ProcessRunner:
             raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did not "
                           "run and will not") from None
         return self._result(reply)
+
+    def _watch_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Arm the watchdog for ``deadline`` unless it is armed for an earlier (or the same) time."""
+        watchdog = self._watchdog
+        if watchdog is not None and not watchdog.cancelled() and self._watchdog_loop is loop:
+            if watchdog.when() <= deadline:
+                return
+            watchdog.cancel()
+        self._watchdog = loop.call_at(deadline, self._expire)
+        self._watchdog_loop = loop
+
+    def _expire(self) -> None:
+        """Time out every pending call past its deadline; arm again for the earliest one left."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest: float | None = None
+        for call in self._pending:
+            if call.deadline is None or call.future.done():
+                continue
+            if call.deadline <= now:
+                call.future.set_exception(TimeoutError())
+            elif earliest is None or call.deadline < earliest:
+                earliest = call.deadline
+        if earliest is not None:
+            self._watch_deadline(loop, earliest)
 
     def _result(self, reply: Any) -> Any:
         kind = reply[0]
