@@ -78,6 +78,18 @@ class Packed:
     def tolist(self) -> list[Any]:
         return self.array().tolist()
 
+    def json_values(self) -> Any:
+        """The values for a JSON encoder: a numpy array (orjson's ``OPT_SERIALIZE_NUMPY`` writes it
+        without a Python number per element, the same text as the list) when numpy is installed,
+        else the list. FP32 widens to FP64 first, as ``tolist`` does, so the text is the list's."""
+        try:
+            values = self.to_numpy()
+        except ImportError:
+            return self.tolist()
+        if self.datatype == "FP32":
+            return values.astype("<f8")
+        return values if values.flags.aligned else values.copy()  # orjson takes aligned arrays only
+
     def to_numpy(self) -> Any:
         """A flat numpy array over the same memory (writable when the memory is)."""
         import numpy
