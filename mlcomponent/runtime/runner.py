@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mlcomponent.errors import BadFunctionOutput, FunctionFailed, InvalidInput, NotReady, Timeout
@@ -49,6 +50,7 @@ class InProcessRunner:
         self.model: Any = None
         self._pending = 0  # calls submitted and not finished (the running one included)
         self._overdue = 0  # calls answered 504 that still run: a thread cannot be stopped
+        self._overdue_calls: set[Future[Any]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     @property
@@ -86,30 +88,58 @@ class InProcessRunner:
             raise NotReady("a call that ran past its deadline is still running, and without isolation it cannot "
                            "be stopped; retry shortly", retry_after=1)
         loop = asyncio.get_running_loop()
+        # The thread's result goes straight to ``waiter`` (one hop back to the loop); a deadline is one
+        # timer on it. wait_for(shield(wrap_future(...))) cost three futures and three loop turns.
+        waiter = loop.create_future()
         submitted = self._executor.submit(self.call_sync, parameters, inputs, output_fields)
-        future = asyncio.wrap_future(submitted, loop=loop)
         self._pending += 1
-        future.add_done_callback(self._finished)
-        if deadline is None:
-            return await future
+        submitted.add_done_callback(lambda done: _to_loop(loop, self._settle, done, waiter))
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+            return await waiter
         except TimeoutError:
             if submitted.cancel():  # still queued: it never runs
                 raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did "
                               "not run and will not") from None
             self._overdue += 1  # running: it cannot be stopped; not ready until it returns
-            future.add_done_callback(self._overdue_finished)
+            self._overdue_calls.add(submitted)
             raise Timeout("inference did not finish within the request's deadline (it runs in-process and "
                           "cannot be stopped; serve with isolation for hard timeouts)") from None
+        except asyncio.CancelledError:
+            if deadline is None:
+                submitted.cancel()  # as awaiting the wrapped future did: a queued call is dropped
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
-    def _finished(self, future: asyncio.Future[Any]) -> None:
+    def _settle(self, done: Future[Any], waiter: asyncio.Future[Any]) -> None:
+        """In the loop: the call finished (or was cancelled before it ran)."""
         self._pending -= 1
-        if not future.cancelled():
-            future.exception()  # retrieved: an abandoned call's failure is not "never retrieved"
-
-    def _overdue_finished(self, future: asyncio.Future[Any]) -> None:
-        self._overdue -= 1
+        if done in self._overdue_calls:
+            self._overdue_calls.discard(done)
+            self._overdue -= 1
+        if waiter.done():
+            return  # answered 504 already, or its caller is gone
+        if done.cancelled():
+            waiter.cancel()
+        elif (error := done.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
 
     async def close(self, grace: float = 5.0) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """From the executor's thread: run ``callback`` in the loop (unless the loop is gone)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: nobody waits for the answer
+        pass
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
