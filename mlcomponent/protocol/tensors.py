@@ -73,6 +73,7 @@ def shape_problem(shape: Any) -> str | None:
 
 
 NUMBER_KINDS = frozenset({int, float})
+TYPED_CHECK_MIN = 512  # shorter lists: sum, min and max cost less than making a typed array
 
 
 def values_problem(datatype: str, data: Any, allow_nan: bool = False,
@@ -100,8 +101,8 @@ def values_problem(datatype: str, data: Any, allow_nan: bool = False,
             return None
         return _first_problem(datatype, data, allow_nan)
     if kinds <= NUMBER_KINDS:
-        fits = _numbers_fit(datatype, data)
-        if fits is None:  # an int too large for a double: the sum, min and max of Python numbers decide
+        fits = _numbers_fit(datatype, data) if len(data) >= TYPED_CHECK_MIN else None
+        if fits is None:  # short, or an int too large for a double: sum, min and max of the numbers decide
             total = sum(data)
             fits = total - total == 0 and (datatype == "FP64" or (-FP32_MAX <= min(data) and max(data) <= FP32_MAX))
         if fits:
