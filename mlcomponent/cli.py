@@ -79,11 +79,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("manifest")
-def validate(manifest: str) -> None:
-    """Check MANIFEST (and its entry point and docstring spec, when the module is here)."""
+@click.option("--no-run", is_flag=True, help="Do not run the docstring's Example through the function.")
+def validate(manifest: str, no_run: bool) -> None:
+    """Check MANIFEST (and its entry point and docstring spec, when the module is here), then run the
+    docstring's Example through the function when the model is here."""
+    import asyncio
+
     from mlcomponent.manifest import load_manifest, locate
     from mlcomponent.runtime.entrypoint import unchecked_reason
-    from mlcomponent.runtime.service import load_function_and_spec
+    from mlcomponent.runtime.service import load_function_and_spec, run_example
 
     try:
         parsed = load_manifest(manifest)
@@ -108,6 +112,18 @@ def validate(manifest: str) -> None:
                    f"{', with an example' if spec.example else ''})")
     else:
         click.echo(f"{entry.python_function}: no docstring specification; requests will not be validated")
+    if spec.example is None or no_run:
+        return
+    try:
+        ran, line = asyncio.run(run_example(settings))
+    except (EntryPointError, ValueError, OSError) as error:
+        _fail(f"{entry.python_function}: Example not run: {_one_line(error)}")
+    if not ran:
+        click.echo(f"{entry.python_function}: Example not run: {line}")
+    elif line:
+        _fail(f"{entry.python_function}: {line}")
+    else:
+        click.echo(f"{entry.python_function}: Example OK (ran through the function in a worker)")
 
 
 @main.command()
@@ -186,7 +202,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
         hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
         max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay,
-        grpc_port=grpc_port)
+        grpc_port=grpc_port, reload=reload)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)

@@ -57,6 +57,7 @@ class ServeOptions:
     max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
     max_batch_delay: float | None = None  # milliseconds
     grpc_port: int | None = None  # the protocol's gRPC service beside HTTP (off unless asked)
+    reload: bool = False  # --reload: a module saved broken answers 503 with the cause instead of exiting
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

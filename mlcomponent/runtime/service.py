@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from mlcomponent.errors import EntryPointError
+from mlcomponent.errors import EntryPointError, MLComponentError
 from mlcomponent.runtime.batching import Batcher, batching_for
 from mlcomponent.runtime.dataplane import DataPlane, Limits
 from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
@@ -23,7 +23,7 @@ from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.runtime.mounts import file_box, resolve_mounts, resolve_path
 from mlcomponent.runtime.retention import file_keys, run_sweeper
 from mlcomponent.runtime.runner import InProcessRunner, Runner
-from mlcomponent.runtime.warmup import example_problem, warm_up
+from mlcomponent.runtime.warmup import example_problem, warm_up, warmup_failure
 from mlcomponent.settings import Settings
 from mlcomponent.spec.docstring import DocstringSpecError, spec_of
 from mlcomponent.spec.model import BatchingSpec, FunctionSpec
@@ -68,14 +68,85 @@ def make_runner(settings: Settings, model_key: str, observer: Observer | None = 
 
 
 async def check_entry_point(settings: Settings) -> None:
-    """Start-up check without importing user code here: a worker process loads it once."""
+    """Start-up check without importing user code here: a worker process loads it once.
+
+    The probe worker is not announced ("worker ... started"): a refused flag is said before anything starts.
+    """
     runner = make_runner(settings, "")
+    quiet = _Unannounced()
+    logging.getLogger("mlcomponent.worker").addFilter(quiet)
     try:
         spec = await runner.start()
         check_example(settings.manifest.inference.entry_point.python_function, spec)
         check_batching(settings, spec)
     finally:
+        logging.getLogger("mlcomponent.worker").removeFilter(quiet)
         await runner.close()
+
+
+class _Unannounced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
+
+
+async def run_example(settings: Settings) -> tuple[bool, str]:
+    """``validate``: the docstring's Example through the function, as warm-up runs it at start-up.
+
+    In a worker with the manifest's limits, against the model where ``modelPath`` resolves
+    here (local boxes; S3 boxes only when synced before). Files go to a temporary folder.
+    Returns (ran, line): ran is False when it was skipped, and line says why; else line is
+    the one-line problem, or "" when the Example passed.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from mlcomponent.boxes.local import LocalBox
+
+    model = settings.manifest.inference.model
+    mounts = resolve_mounts(settings, sync=False)
+    model_key = resolve_path(model.model_path, mounts)
+    box_folder = next((m.folder for m in mounts if model.model_path.startswith(m.path.rstrip("/") + "/")
+                       or model.model_path == m.path), None)
+    if box_folder is None or not box_folder.is_dir():
+        return False, (f"modelPath {model.model_path!r} does not resolve to a folder here (its box is not local "
+                       "or not synced); serve it once to sync, or pass --no-run")
+    entry = settings.manifest.inference.entry_point.python_function
+    runner = make_runner(settings, model_key)
+    silent = _Silent()  # validate prints the one line; the traceback is for a service's log
+    logging.getLogger("mlcomponent.worker").addFilter(silent)
+    logging.getLogger("mlcomponent.runtime").addFilter(silent)
+    with tempfile.TemporaryDirectory(prefix="mlcomponent-validate-") as scratch:
+        plane = DataPlane(settings.model_name, runner, LocalBox("validate", Path(scratch) / "box"),
+                          Path(scratch) / "files", Limits(timeout=settings.options.timeout))
+        try:
+            plane.spec = await runner.start()
+            if plane.spec.example is None:
+                return False, "the docstring has no Example to run"
+            await warm_up(plane)
+        except Exception as error:  # noqa: BLE001 - every failure is the line validate prints
+            return True, example_hint(warmup_failure(error, entry, plane.spec.source, str(settings.python_path)),
+                                      error, model.model_path, model_key)
+        finally:
+            await runner.close()
+            logging.getLogger("mlcomponent.worker").removeFilter(silent)
+            logging.getLogger("mlcomponent.runtime").removeFilter(silent)
+    return True, ""
+
+
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def example_hint(reason: str, error: BaseException, model_path: str, model_key: str) -> str:
+    """The reason, with the fix named for the mistakes a first module makes."""
+    text = str(error)
+    if "No such file" in text or "FileNotFoundError" in text:
+        return (f"{reason}; is the model file there? modelPath {model_path!r} is {model_key} here: put the model "
+                "there, or fix spec.mlService.inference.model.modelPath")
+    if "does not match the declared" in text or "differs from the declared" in text:
+        return f"{reason}; return what the docstring's Outputs: declares, or change the declaration"
+    return reason
 
 
 def check_batching(settings: Settings, spec: FunctionSpec) -> BatchingSpec | None:
@@ -103,7 +174,15 @@ class Service:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        spec = await self.runner.start()
+        try:
+            spec = await self.runner.start()
+        except EntryPointError as error:
+            if not self.settings.options.reload:
+                raise
+            # --reload: the module was saved broken; answer 503 with the cause until it is fixed
+            self.dataplane.reason = f"cannot load the module: {str(error).splitlines()[0]}; fix it and save"
+            log.error("%s (the service reloads when the module changes)", self.dataplane.reason)
+            return
         self.dataplane.spec = spec
         batching = check_batching(self.settings, spec)
         if batching is not None:
@@ -126,8 +205,13 @@ class Service:
     async def _run_warmup(self) -> None:
         try:
             await warm_up(self.dataplane)
-        except Exception:  # noqa: BLE001 - any failure keeps the service not ready, with the traceback
-            log.exception("warm-up with the docstring's Example failed; the service stays not ready")
+        except Exception as error:  # noqa: BLE001 - any failure keeps the service not ready, with its reason
+            entry = self.settings.manifest.inference.entry_point.python_function
+            self.dataplane.reason = warmup_failure(error, entry, self.dataplane.spec.source,
+                                                   str(self.settings.python_path))
+            # the function's own traceback (its frames only) was logged by the runner: one line here
+            log.error("%s; the service stays not ready", self.dataplane.reason,
+                      exc_info=None if isinstance(error, MLComponentError) else error)
             self.dataplane.health = Health.WARMUP_FAILED
             return
         log.info("warm-up succeeded; ready")
