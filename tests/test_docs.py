@@ -32,7 +32,7 @@ EXPECTED = {
     "/v2/models/iris-classifier/infer": ['"label"'],
     "mlcomponent init": ["1 passed", "docstring spec OK"],
     "mlcomponent render": ["kind: Deployment", "kind: Service"],
-    "table=@": ["predictions", "/tmp/iris-out/"],
+    "table=@": ["predictions", "examples/iris/data/out/"],
     "/v2/models/digits/infer": ['"label"'],
     "for manifest in": ["(MLComponent iris-classifier)", "(MLComponent iris-table)", "(MLComponent digits)"],
 }
