@@ -221,6 +221,24 @@ def test_help_lists_every_command_with_its_whole_description() -> None:
     "is not a folder; it is relative to the manifest's folder",
     "Invalid value for",
     "is the service running there?",
+    "'inputs' and 'parameters' are swapped; write def inference(parameters, inputs, output_fields, model_key, "
+    "model=None)",
+    "missing 'model_key'",
+    "failed: SyntaxError in predict.py, line 14:",
+    "is not ready: cannot load the module: importing",
+    "unknown section 'Input:'; did you mean 'Inputs:'?",
+    "is the model file there?",
+    "it must return a tuple (outputs, model) (predict.inference in predict.py)",
+    "return what the docstring's Outputs: declares, or change the declaration",
+    '"reason": "warm-up with the docstring\'s Example failed: ',
+    "cannot be reached (EndpointConnectionError); check `endpoint:` in --boxes",
+    "the credentials are refused (InvalidAccessKeyId)",
+    "no such bucket; create it, or set `bucket:` for the box in --boxes",
+    "did you mean 'top_k'?",
+    "has no extension that tells its content type, and the function declares 'image/png'",
+    "must be a relative key inside the file box: it must not contain '..', '.' or empty segments",
+    "duplicate key 'name' (first on line 5); the later one would win here, and kubectl refuses the file",
+    "Example not run",
 ])
 def test_troubleshooting_shows_each_message(message: str) -> None:
     assert message in TROUBLESHOOTING
@@ -342,8 +360,8 @@ def test_file_keys_without_an_extension_say_how_to_give_a_content_type() -> None
         "declares 'image/png'; send \"parameters\": {\"content_type\": \"image/png\"} with the input, or name the "
         "key with its extension")
     for key in ("../x", "../x.png", "/etc/x"):  # confinement first, whatever the extension
-        assert message(key) == (f"input 'scan': key {key!r} must be a relative key inside the file box (no leading "
-                                "'/', no '..', '.' or empty segments)")
+        assert message(key) == (f"input 'scan': key {key!r} must be a relative key inside the file box: it must "
+                                "not contain '..', '.' or empty segments, nor start with '/'")
     assert "None" not in message("uploads/scan")
 
 

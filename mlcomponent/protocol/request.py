@@ -74,8 +74,8 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
         if data is not None and not isinstance(data, str):
             raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {data!r}")
         if isinstance(data, str) and _outside_box(data):  # before its content type: the key is the fault
-            raise BadRequest(f"{where}: key {data!r} must be a relative key inside the file box "
-                             "(no leading '/', no '..', '.' or empty segments)")
+            raise BadRequest(f"{where}: key {data!r} must be a relative key inside the file box: it must not "
+                             "contain '..', '.' or empty segments, nor start with '/'")
         if content_type is None and data is not None:
             content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
     else:

@@ -58,12 +58,12 @@ class DataPlane:
 
     @property
     def not_ready_reason(self) -> str | None:
-        """One line for readiness answers and 503s; None while ready."""
+        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up)."""
         if self.ready:
             return None
         if self.health is Health.READY:
             return "a call that ran past its deadline is still running; retry shortly"
-        return self.reason or self.health.value
+        return self.reason
 
     @property
     def queued(self) -> int:
