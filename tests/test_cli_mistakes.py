@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,18 @@ import pytest
 
 from tests.checkout import Checkout
 from tests.conftest import S3_ENV, S3Endpoint
-from tests.support import ENTRYPOINTS, ROOT, SEED_MANIFEST, Server, free_port, run_cli, serve, write_manifest
+from tests.support import (
+    ENTRYPOINTS,
+    ROOT,
+    SEED_MANIFEST,
+    Server,
+    free_port,
+    run_cli,
+    serve,
+    stop_group,
+    wait_until_live,
+    write_manifest,
+)
 
 TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 
@@ -498,3 +510,27 @@ def test_the_readme_and_the_docstring_spec_say_where_things_go() -> None:
     spec = (ROOT / "docs" / "docstring-spec.md").read_text()
     assert "relative to the module's own folder" not in spec
     assert "relative to the folder of the Python file\nthat defines the function" in spec
+
+
+def test_refused_s3_credentials_at_start_up_are_one_line(tmp_path: Path) -> None:
+    """moto in server mode checks signatures only when asked to (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with log.open("wb") as sink:
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(endpoint, moto, log, path="/moto-api/")
+        manifest = write_manifest(tmp_path, "echo.inference")
+        boxes = tmp_path / "boxes.yaml"
+        boxes.write_text(f"boxes:\n  models:\n    s3:\n      endpoint: {endpoint}\n      region: us-east-1\n")
+        line = one_line(run_cli("serve", str(manifest), "--boxes", str(boxes), "--port", str(free_port()),
+                                "--data-root", str(tmp_path / "data"), timeout=120,
+                                env={"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}))
+    finally:
+        stop_group(moto)
+    assert line == (f"cannot start: S3 box 'models' (bucket 'models' at {endpoint}): the credentials are refused "
+                    "(InvalidAccessKeyId); check the access and secret keys the --boxes file names (accessKeyEnv, "
+                    "secretKeyEnv) or AWS_ACCESS_KEY_ID")

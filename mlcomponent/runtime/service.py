@@ -107,9 +107,11 @@ async def run_example(settings: Settings) -> tuple[bool, str]:
     model_key = resolve_path(model.model_path, mounts)
     box_folder = next((m.folder for m in mounts if model.model_path.startswith(m.path.rstrip("/") + "/")
                        or model.model_path == m.path), None)
-    if box_folder is None or not box_folder.is_dir():
-        return False, (f"modelPath {model.model_path!r} does not resolve to a folder here (its box is not local "
-                       "or not synced); serve it once to sync, or pass --no-run")
+    if box_folder is None:
+        return False, f"modelPath {model.model_path!r} is under no mounted box of spec.connectedBoxes"
+    if not box_folder.is_dir():
+        return False, (f"the model box's folder {box_folder} is not here (a local box not filled yet, or an S3 "
+                       "box not synced): put the model there, or serve once to sync; --no-run skips this")
     entry = settings.manifest.inference.entry_point.python_function
     runner = make_runner(settings, model_key)
     silent = _Silent()  # validate prints the one line; the traceback is for a service's log
