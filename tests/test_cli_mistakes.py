@@ -334,6 +334,7 @@ def test_a_failed_warmup_says_why_to_every_caller_and_logs_the_users_frames_once
         deadline = time.monotonic() + 60
         while "reason" not in (ready := client.get("/v2/health/ready")).json():  # polled until warm-up has failed
             assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
         reason = ready.json()["reason"]
         assert ready.status_code == 503 and reason.startswith("warm-up with the docstring's Example failed: " + cause)
         assert reason.endswith("(predict.py, line 15)"), reason
@@ -440,9 +441,11 @@ def test_reload_with_a_broken_module_answers_503_with_the_cause_at_once(tmp_path
             try:
                 answer = client.post("/v2/models/test-model/infer", json=infer)
             except httpx.TransportError:
+                time.sleep(0.05)
                 continue  # the old process stopped and the new one is not listening yet
             if answer.status_code == 503 and "(stopping)" not in answer.text:  # not the old process, draining
                 break
+            time.sleep(0.05)
         assert answer.json()["error"].startswith(
             "model 'test-model' is not ready: cannot load the module: importing 'echo' failed: SyntaxError in "
             "echo.py, line "), answer.text

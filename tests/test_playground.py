@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.prerequisites import require_chromium
-from tests.support import ROOT, serve, wait_ready
+from tests.support import ROOT, serve, serve_fixture, wait_ready
 
 ARTIFACTS = ROOT / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -99,6 +100,23 @@ def test_playground_renders_backticks_as_code(browser: Browser, trained: Path) -
         page.wait_for_selector("body[data-ready=true]")
         assert page.locator("#summary code").first.text_content() == "species"
         assert "`" not in (page.locator("#summary").text_content() or "")
+        page.close()
+
+
+def test_playground_says_why_the_model_is_not_ready(browser: Browser, tmp_path: Path) -> None:
+    with serve_fixture(tmp_path, "failing_warmup.inference") as server, server.client() as client:
+        deadline = time.monotonic() + 60
+        while "reason" not in client.get("/v2/health/ready").json():  # polled until warm-up has failed
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        error = page.locator("#error")
+        assert error.is_visible()
+        assert (error.text_content() or "").startswith(
+            "Not ready: warm-up with the docstring's Example failed: FileNotFoundError: no model at ")
+        assert "(failing_warmup.py, line 14)" in (error.text_content() or "")
         page.close()
 
 
