@@ -87,7 +87,8 @@ def validate(manifest: str, no_run: bool) -> None:
 
     from mlcomponent.manifest import load_manifest, locate
     from mlcomponent.runtime.entrypoint import unchecked_reason
-    from mlcomponent.runtime.service import load_function_and_spec, run_example
+    from mlcomponent.runtime.service import load_function_and_spec
+    from mlcomponent.runtime.tryout import run_example
 
     try:
         parsed = load_manifest(manifest)
