@@ -218,9 +218,10 @@ An MLComponent module scaffolded by `mlcomponent init`.
 | `build_model.py` | writes the model into the local model box |
 | `data/boxes/{box}/{folder}/model.json` | the model, where `modelPath` finds it locally |
 | `tests/test_service.py` | serves the module and calls it |
+| `.gitignore` | keeps `data/` out of git (the secret `data/files.key`, uploads, outputs), all but the model box |
 
 ```bash
-mlcomponent validate mlcomponent.yaml      # the manifest and the docstring spec
+mlcomponent validate mlcomponent.yaml      # the manifest, the docstring spec, and the Example run once
 mlcomponent serve mlcomponent.yaml --reload  # http://127.0.0.1:8080/ is a playground
 mlcomponent infer http://127.0.0.1:8080 -i features=1,2,3 -p threshold=0.2
 python -m pytest tests                     # the module's own test
