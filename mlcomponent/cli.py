@@ -208,7 +208,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
                f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
                f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
-        "mlcomponent.http.factory:app", factory=True, host=host, port=port, http=PROTOCOL,
+        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL,
         workers=1 if reload else settings.workers, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(grace_period), reload=reload,
         reload_dirs=[str(settings.module_root)] if reload else None,
