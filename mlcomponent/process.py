@@ -28,7 +28,7 @@ def app() -> Gateway:
         from mlcomponent.grpc.server import GrpcServer  # grpcio is imported only when gRPC is served
 
         transports.append(GrpcServer(service.dataplane, metrics, host=options.host, port=options.grpc_port,
-                                     token=settings.auth_token(), max_message=options.max_json_body,
+                                     token=settings.auth_token(), max_message=options.max_json_body_bytes,
                                      reuse_port=settings.workers > 1, hide_errors=options.hide_errors))
     app = create_app(service, metrics, transports)
     # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off
