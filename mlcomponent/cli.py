@@ -112,12 +112,13 @@ def validate(manifest: str) -> None:
         click.echo(f"{entry.python_function}: no docstring specification; requests will not be validated")
 
 
-def _click_param(declaration: Field[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _click_param(declaration: Field[Any], owner: type = ServeOptions) -> Callable[[Callable[..., Any]],
+                                                                               Callable[..., Any]]:
     """The click option (or argument) for one declared serve option: flags, type, default and help."""
     cli = cli_of(declaration)
     if cli.argument:
         return click.argument(declaration.name)
-    kind = _field_type(declaration)
+    kind = _field_type(declaration, owner)
     names = [flag(declaration.name), *cli.flags]
     kwargs: dict[str, Any] = {"help": declaration.metadata["help"], "metavar": cli.metavar}
     if kind is bool:
@@ -132,9 +133,9 @@ def _click_param(declaration: Field[Any]) -> Callable[[Callable[..., Any]], Call
     return click.option(*names, declaration.name, **kwargs)
 
 
-def _field_type(declaration: Field[Any]) -> type:
+def _field_type(declaration: Field[Any], owner: type) -> type:
     """``int | None`` -> int: the type a command-line value has."""
-    hint = get_type_hints(ServeOptions)[declaration.name]
+    hint = get_type_hints(owner)[declaration.name]
     kinds = [kind for kind in get_args(hint) if kind is not type(None)] or [hint]
     return cli_of(declaration).takes or kinds[0]
 

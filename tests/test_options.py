@@ -7,7 +7,7 @@ import dataclasses
 import click
 from click.testing import CliRunner
 
-from mlcomponent.cli import _options_from_cli, main
+from mlcomponent.cli import _click_param, _options_from_cli, main
 from mlcomponent.http.connections import Guard
 from mlcomponent.kubernetes.render import serve_command
 from mlcomponent.options import DEFAULTS, MB, ServeOptions, declared, flag
@@ -70,13 +70,8 @@ def test_adding_an_option_is_one_line() -> None:
         max_queue_wait: float | None = option(None, "Seconds a request may wait in the queue before 503.",
                                               unit="s")
 
-    from mlcomponent import cli
-
     declaration = next(d for d in dataclasses.fields(More) if d.name == "max_queue_wait")
-    original = cli.ServeOptions
-    cli.ServeOptions = More  # type: ignore[misc]
-    try:
-        param = cli._click_param(declaration)(lambda **values: None).__click_params__[0]  # type: ignore[attr-defined]
-    finally:
-        cli.ServeOptions = original  # type: ignore[misc]
+    command = _click_param(declaration, More)(click.Command("probe"))
+    param = command.params[0]
     assert param.opts == ["--max-queue-wait"] and param.type is click.FLOAT and param.default is None
+    assert param.help == "Seconds a request may wait in the queue before 503."  # type: ignore[attr-defined]
