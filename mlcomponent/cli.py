@@ -1,4 +1,5 @@
-"""The command line: the only place argv is parsed and the layers are wired together."""
+"""The command line: the only place argv is parsed; ``serve`` checks what can refuse to start,
+then runs uvicorn over ``process.py``, which wires one serving process's layers."""
 
 from __future__ import annotations
 
