@@ -69,9 +69,7 @@ class Guard:
 
     @classmethod
     def from_environ(cls) -> Guard:
-        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else None
-        if options is None:
-            options = DEFAULTS
+        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else DEFAULTS
         return cls(options.header_timeout, options.body_timeout,
                    options.max_connections or default_max_connections())
 
