@@ -57,7 +57,7 @@ class Cli:
     """How the command line spells an option, where the field name and type do not say it all."""
 
     flags: tuple[str, ...] = ()  # more spellings besides --field-name (kept when a name changed)
-    off: str | None = None  # a bool's negative flag (default: --no-field-name)
+    off: str | None = None  # a bool's negative flag (None: --no-field-name; "": a plain flag, no negative)
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     low: int | None = None  # an int's range, both ends included

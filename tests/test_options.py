@@ -26,7 +26,7 @@ def test_every_declared_option_is_on_the_command_line_with_its_default_and_help(
     for declaration in declared():
         param = params[declaration.name]
         if isinstance(param, click.Option):
-            assert flag(declaration.name) in param.opts + param.secondary_opts or declaration.name == "limits"
+            assert flag(declaration.name) in param.opts
             assert param.help == declaration.metadata["help"]
 
 
@@ -43,6 +43,16 @@ def test_units_are_in_the_names_and_converted_once() -> None:
     options = _options_from_cli(dict(context.params))
     assert (options.max_json_body_mb, options.max_json_body_bytes, options.max_upload_bytes) == (2, 2 * MB, 3 * MB)
     assert (options.keep_files, options.timeout, options.limits) == (1800.0, None, False)
+
+
+def test_a_unit_other_than_seconds_or_a_count_is_in_the_name() -> None:
+    for declaration in declared():
+        unit = declaration.metadata["unit"]
+        suffix = {"MB": "_mb", "ms": "_ms"}.get(unit)
+        if suffix is not None:
+            assert declaration.name.endswith(suffix), declaration.name
+        else:
+            assert unit in ("", "s") and not declaration.name.endswith(("_mb", "_ms", "_bytes")), declaration.name
 
 
 def test_a_bad_duration_names_its_flag() -> None:
