@@ -27,6 +27,7 @@ from tests.support import (
     SEED_MANIFEST,
     Server,
     free_port,
+    poll,
     run_cli,
     serve,
     stop_group,
@@ -331,10 +332,8 @@ def test_a_failed_warmup_says_why_to_every_caller_and_logs_the_users_frames_once
     manifest = first_module(tmp_path, model=None)
     cause = "FileNotFoundError: [Errno 2] No such file or directory: "
     with serve(manifest, data_root=tmp_path / "data") as server, server.client() as client:
-        deadline = time.monotonic() + 60
-        while "reason" not in (ready := client.get("/v2/health/ready")).json():  # polled until warm-up has failed
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.05)
+        poll(lambda: "reason" in client.get("/v2/health/ready").json(), "the warm-up to fail")
+        ready = client.get("/v2/health/ready")
         reason = ready.json()["reason"]
         assert ready.status_code == 503 and reason.startswith("warm-up with the docstring's Example failed: " + cause)
         assert reason.endswith("(predict.py, line 15)"), reason
