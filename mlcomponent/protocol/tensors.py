@@ -12,7 +12,7 @@ import sys
 from array import array
 from typing import Any
 
-from mlcomponent.protocol.packed import Packed, bounds, nonfinite_index, packed_problem
+from mlcomponent.protocol.packed import Packed, bounds, nonfinite_index, packed_problem, remember_checked
 from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -128,7 +128,9 @@ def _numbers_fit(datatype: str, data: list[Any]) -> bool | None:
         return False  # NaN or inf in the list, or (FP32) a value past its range
     if datatype == "FP32":
         raw = values.tobytes()  # ±FP32_MAX may be a rounded value just past it: the exact check decides
-        return all(raw.find(edge) < 0 for edge in _FP32_MAX_BYTES)
+        if any(raw.find(edge) >= 0 for edge in _FP32_MAX_BYTES):
+            return False
+    remember_checked(data, values)
     return True
 
 
