@@ -122,7 +122,10 @@ def validate(manifest: str) -> None:
 @click.option("--workers", type=int, help="Worker processes. Default: the manifest's cpu limit in whole cores.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Deadline per request, in seconds (504 past it); 0: none.")
-@click.option("--max-queue", default=64, show_default=True, type=int, help="Requests waiting per worker before 503.")
+@click.option("--max-queue", default=32768, show_default=True, type=int,
+              help="Requests waiting per worker before 503: a hard cap on memory.")
+@click.option("--max-queue-wait", default=5.0, show_default=True, type=float,
+              help="Seconds a request may expect to wait for the calls ahead before 503; 0: no budget.")
 @click.option("--max-json-body", default=64, show_default=True, type=int, help="JSON body limit, MB.")
 @click.option("--max-upload", default=1024, show_default=True, type=int, help="File upload limit, MB.")
 @click.option("--max-inputs", default=64, show_default=True, type=int, help="Inputs per request.")
@@ -152,7 +155,7 @@ def validate(manifest: str) -> None:
 @click.option("--grpc-port", type=int, help="Also serve the protocol's gRPC service on this port (off by default).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
-          timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
+          timeout: float | None, max_queue: int, max_queue_wait: float, max_json_body: int, max_upload: int, max_inputs: int,
           max_elements: int, log_format: str,
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool, no_limits: bool,
@@ -180,7 +183,7 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         host=host, port=port,
         data_root=str(Path(data_root).resolve()) if data_root else None,
         boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout or None,
-        max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
+        max_queue=max_queue, max_queue_wait=max_queue_wait or None, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
         max_inputs=max_inputs, max_elements=max_elements,
         log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,

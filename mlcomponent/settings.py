@@ -37,7 +37,8 @@ class ServeOptions:
     boxes: str | None = None
     workers: int | None = None
     timeout: float | None = DEFAULT_TIMEOUT  # None (``--timeout 0``): no deadline
-    max_queue: int = 64
+    max_queue: int = 32768  # requests waiting per worker: a hard cap on memory
+    max_queue_wait: float | None = 5.0  # seconds of expected queue wait before 503; None: no budget
     max_json_body: int = 64 * MB
     max_upload: int = 1024 * MB
     max_inputs: int = 64

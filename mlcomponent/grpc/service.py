@@ -170,11 +170,8 @@ class InferenceService:
         return response_message(response, raw_answer)
 
     async def _infer(self, body: dict[str, Any], arrived: float) -> InferenceResponse:
-        files = self.plane.request_files()
-        try:
+        async with self.plane.request_scope() as files:  # a failed request keeps nothing in the box
             return await self.plane.infer(body, files, arrived=arrived)
-        finally:
-            files.cleanup()
 
     def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
         def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any,
