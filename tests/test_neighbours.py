@@ -104,8 +104,8 @@ def test_attackers_over_rest_and_grpc_fail_alone_under_hide_errors(tmp_path: Pat
             answer = future.result()
             assert answer.status_code == 200, answer.text
             assert answer.json()["outputs"][0]["data"] == [2.0 * first, 2.0 * first]
-        for first, future in enumerate(innocent_grpc, start=7):
-            response = future.result()
+        for first, pending in enumerate(innocent_grpc, start=7):
+            response = pending.result()
             assert not isinstance(response, grpc.RpcError), response
             assert raw_output(response, "y") == [[2.0 * first, 2.0 * first]]
         refused = invalid_rest.result()
