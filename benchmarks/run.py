@@ -2,7 +2,11 @@
 
 (Adaptive batching: benchmarks/batching.py. Large tensors: benchmarks/large.py.)
 
-    .venv/bin/python benchmarks/run.py   # about 4 minutes on 2 cores (+ the peers' install, once)
+    .venv/bin/python benchmarks/run.py   # about 6 minutes on 2 cores (+ the peers' install, once)
+
+At 1, 8, 64, 256 and 1,000 connections; errors counts every answer that is not 2xx (a 503
+refusal too) and every socket error, per level. (Admission under a slow model:
+benchmarks/admission.py.)
 
 The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
 their own venvs, and wrk).
@@ -213,7 +217,7 @@ def main() -> None:
     parser = arguments(__doc__, "latest.md")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--connections", default="1,8,64,256,1000")
     parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
     args = parser.parse_args()
     peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
@@ -264,10 +268,11 @@ def machine(client: str = "wrk") -> str:
 
 
 def rate_cells(row: dict[Any, Any], levels: list[int]) -> str:
-    """req/s, p50/p99 and errors cells of one server's row."""
+    """req/s, p50/p99 and errors (non-2xx answers and socket errors) cells of one server's row, per level."""
     runs = [row[level] for level in levels]
     return (" | ".join(f"{r['rps']:,.0f}" for r in runs) + " | "
-            + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + f" | {sum(int(r['errors']) for r in runs)}")
+            + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + " | "
+            + " | ".join(f"{int(r['errors']):,}" for r in runs))
 
 
 def ratio_rows(results: dict[str, dict[Any, Any]], levels: list[int], label: str, bare: str) -> list[str]:
@@ -290,8 +295,9 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     load = os.getloadavg()
     lines = [f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", "",
              "| server | " + " | ".join(f"req/s @{c}" for c in levels) + " | " +
-             " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
-             "|---" * (2 * len(levels) + 4) + "|"]
+             " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | " +
+             " | ".join(f"errors @{c}" for c in levels) + " | idle RSS | loaded RSS |",
+             "|---" * (3 * len(levels) + 3) + "|"]
     for key, row in results.items():
         lines.append(f"| {names[key]} | {rate_cells(row, levels)} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[call-overload]
                      f"{int(row['loaded_rss']) / MB:.0f} MB |")  # type: ignore[call-overload]
