@@ -276,8 +276,10 @@ class Batcher:
 
     @property
     def calls_ahead(self) -> int:
-        """Calls a new request would wait for: those sent, and one per batch forming (a batch is one call)."""
-        return self.in_flight + len(self._forming)
+        """Calls a new request would wait for: those sent, and the batches that the requests waiting or on
+        their way here will fill (a batch forming is one call, whatever its size)."""
+        coming = math.ceil((self.waiting + self.arriving) / self.max_batch_size)
+        return self.in_flight + max(len(self._forming), coming)
 
     def arrive(self) -> None:
         """A request entered the data plane: the batch forming now may wait for it."""

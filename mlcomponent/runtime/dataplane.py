@@ -56,7 +56,7 @@ class DataPlane:
         self.admission = Admission(self.limits.max_queue_wait)
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
-        self.calls = 0  # calls sent to the runner and not answered (without batching)
+        self.calls = 0  # requests in ``infer`` and not answered, each one call (without batching)
 
     @property
     def ready(self) -> bool:
@@ -121,11 +121,11 @@ class DataPlane:
             f"model {self.model_name!r} is busy: {refusal.message}"
         raise NotReady(message, retry_after=refusal.retry_after)
 
-    def admit_by_deadline(self, deadline: float | None) -> None:
+    def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
         """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""
         if deadline is None:
             return
-        refusal = self.admission.past_deadline(self.calls_ahead, deadline - asyncio.get_running_loop().time())
+        refusal = self.admission.past_deadline(calls_ahead, deadline - asyncio.get_running_loop().time())
         if refusal is not None:
             self._refuse(refusal)
 
@@ -156,12 +156,21 @@ class DataPlane:
         batcher = self.batcher
         if batcher is not None:
             batcher.arrive()  # a batch forming now may wait for this request
+            return await self._infer(body, files, arrived, batcher)
+        self.calls += 1  # ahead of the next request from now on: a burst of arrivals sees each other
+        try:
+            return await self._infer(body, files, arrived, None)
+        finally:
+            self.calls -= 1
+
+    async def _infer(self, body: Any, files: RequestFiles, arrived: float | None,
+                     batcher: Batcher | None) -> InferenceResponse:
         try:
             request = self.decode(body)
             if self.spec.numpy:
                 pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
             deadline = self.deadline(request, arrived)
-            self.admit_by_deadline(deadline)
+            self.admit_by_deadline(deadline, self.calls_ahead - (batcher is None))  # not counting itself
             staged_inputs = staged_outputs = None
             if request.has_files:
                 staged_inputs, staged_outputs = await asyncio.to_thread(
@@ -188,9 +197,5 @@ class DataPlane:
     async def _call(self, arguments: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]],
                     deadline: float | None) -> Any:
         """One call of the runner, timed for the admission estimate (a call abandoned at its deadline is not)."""
-        self.calls += 1
-        try:
-            return await self.admission.service.measure(self.runner.call(*arguments, deadline),
-                                                        self.observer.queue_waited)
-        finally:
-            self.calls -= 1
+        return await self.admission.service.measure(self.runner.call(*arguments, deadline),
+                                                    self.observer.queue_waited)
