@@ -152,10 +152,10 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    failed = int(errors.group(1)) if errors else 0
-    if socket_errors:
-        failed += sum(int(g) for g in socket_errors.groups())
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed, "requests": requests}
+    non_2xx = int(errors.group(1)) if errors else 0
+    sockets = sum(int(g) for g in socket_errors.groups()) if socket_errors else 0
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": non_2xx + sockets, "non_2xx": non_2xx,
+            "socket_errors": sockets, "requests": requests}
 
 
 def tree_cpu(pid: int) -> float:

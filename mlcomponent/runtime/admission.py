@@ -30,7 +30,8 @@ WEIGHT = 0.2  # of the newest gap: the estimate follows a change within ten call
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a request is not queued: ``reason`` labels the metric, ``message`` goes to the client."""
+    """Why a request is not queued: ``reason`` labels the metric; ``message`` goes to the client after
+    "model 'name' is " ("busy: ...", "not ready (...)")."""
 
     reason: str
     message: str
@@ -89,7 +90,7 @@ class Admission:
         wait = self.expected_wait(calls_ahead)
         if self.max_queue_wait is None or wait <= self.max_queue_wait:
             return None
-        return Refusal("queue_wait", f"the expected wait is {wait:.3g} s ({self._ahead(calls_ahead)}), over the "
+        return Refusal("queue_wait", f"busy: the expected wait is {wait:.3g} s ({self._ahead(calls_ahead)}), over the "
                                      f"service's queue-wait budget of {self.max_queue_wait:g} s (--max-queue-wait); "
                                      "retry later", _retry_after(wait - self.max_queue_wait))
 
@@ -103,7 +104,7 @@ class Admission:
         need = wait + (self.service.seconds or 0.0)
         if need <= seconds_left:
             return None
-        return Refusal("deadline", f"the request's deadline ({seconds_left:.3g} s left) is shorter than "
+        return Refusal("deadline", f"busy: the request's deadline ({seconds_left:.3g} s left) is shorter than "
                                    f"its expected wait and call ({need:.3g} s: {self._ahead(calls_ahead)}); it was "
                                    "not queued; retry later or allow a longer timeout", _retry_after(need - seconds_left))
 

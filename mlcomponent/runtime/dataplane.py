@@ -106,20 +106,17 @@ class DataPlane:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
         state = self.health.state
         if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
-            self._refuse(Refusal("not_ready", f"model {self.model_name!r} is not ready ({self.health.describe()})",
-                                 1))
+            self._refuse(Refusal("not_ready", f"not ready ({self.health.describe()})", 1))
         if self.queued >= self.limits.max_queue:
-            self._refuse(Refusal("queue_full", f"model {self.model_name!r} is busy: {self.queued} requests are "
-                                 f"already waiting (--max-queue {self.limits.max_queue}); retry shortly", 1))
+            self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
+                                 f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
         refusal = self.admission.over_budget(self.calls_ahead)
         if refusal is not None:
             self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
         self.observer.refused(refusal.reason)
-        message = refusal.message if refusal.reason in ("not_ready", "queue_full") else \
-            f"model {self.model_name!r} is busy: {refusal.message}"
-        raise NotReady(message, retry_after=refusal.retry_after)
+        raise NotReady(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
 
     def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
         """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""
