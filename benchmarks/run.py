@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/run.py   # about 6 minutes on 2 cores (+ the peers' install, once)
 
 At 1, 8, 64, 256 and 1,000 connections; errors counts every answer that is not 2xx (a 503
-refusal too) and every socket error, per level. (Admission under a slow model:
+refusal too) and every socket error, per level, with wrk's timeout at 10 s (its default of
+2 s counts slow answers at 1,000 connections as errors; p99 shows how slow they are). (Admission under a slow model:
 benchmarks/admission.py.)
 
 The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
@@ -138,7 +139,8 @@ def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[b
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
-    output = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    output = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                             "--latency",
                              "-s", str(script), url], capture_output=True, text=True, check=True).stdout
 
     def latency(label: str) -> float:

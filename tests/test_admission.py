@@ -46,18 +46,29 @@ def test_the_estimate_follows_a_change_in_service_time_and_counts_pipelined_call
         clock.now += 4.0
         assert service.answered(sent) == 0.0
     assert service.seconds == pytest.approx(4.0)
-    for _ in range(12):  # the function got faster: 1 s a call
+    sent = service.sent()
+    clock.now += 1.0
+    service.answered(sent)
+    assert service.seconds == pytest.approx(13 / 4)  # the mean over the window: three of 4 s, one of 1 s
+    for _ in range(7):  # the function got faster: 1 s a call; the window keeps the last 8 answers
         sent = service.sent()
         clock.now += 1.0
         service.answered(sent)
-    assert service.seconds is not None and 1.0 < service.seconds < 1.3
+    assert service.seconds == pytest.approx(1.0)
     # pipelined: two calls sent at once, answered one second apart: one second each, the second waited one
     first, second = service.sent(), service.sent()
     clock.now += 1.0
     assert service.answered(first) == 0.0
     clock.now += 1.0
     assert service.answered(second) == pytest.approx(1.0)
-    assert service.seconds is not None and 1.0 < service.seconds < 1.3
+    assert service.seconds == pytest.approx(1.0)
+    # a burst: ten fast answers arrive together after one long gap; the window averages them
+    sent = [service.sent() for _ in range(10)]
+    clock.now += 1.0
+    for one in sent:
+        service.answered(one)
+    # the window (half a second at least) reaches back to the answer before: 11 answers in 2 s, not 1 s a call
+    assert service.seconds == pytest.approx(2 / 11)
 
 
 def test_admission_math_budget_deadline_and_retry_after() -> None:
@@ -153,11 +164,11 @@ def test_a_slower_function_is_judged_by_its_new_service_time(tmp_path: Path, cal
         await until(lambda: plane.calls_ahead == 4)
         plane.admit()  # 4 × 0.25 s fits 5 s
         clock.tick = 0.0
-        for _ in range(8):  # the function slows down to 3 s a call
+        for _ in range(8):  # the function slows down to 3 s a call (a window of 8 answers)
             sent = plane.admission.service.sent()
             clock.now += 3.0
             plane.admission.service.answered(sent)
-        with pytest.raises(NotReady):  # 4 × about 2.6 s does not
+        with pytest.raises(NotReady):  # 4 × 3 s does not
             plane.admit()
         gate.touch()
         await asyncio.gather(*held)

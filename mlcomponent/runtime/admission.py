@@ -8,13 +8,14 @@ service's budget (``--max-queue-wait``), or when the wait plus its own call is o
 own deadline; ``--max-queue`` is a hard cap on memory and binds only for calls faster
 than ``max-queue-wait / max-queue``.
 
-The service time is an exponentially weighted average of the gaps between answers: in
-order, one call at a time, a call's service starts when it was sent or when the call
-before it was answered, whichever is later. Nothing is sampled, nothing runs on a timer.
+The service time is the mean gap between answers over a recent window: in order, one call
+at a time, a call's service starts when it was sent or when the call before it was
+answered, whichever is later. Nothing is sampled, nothing runs on a timer.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,8 @@ from mlcomponent.errors import Timeout
 
 T = TypeVar("T")
 
-WEIGHT = 0.2  # of the newest gap: the estimate follows a change within ten calls or so
+WINDOW_CALLS = 8  # the estimate is the mean over at least this many answers...
+WINDOW_SECONDS = 0.5  # ...and at least this much time: it follows a change within a second or 8 calls
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,23 @@ class Refusal:
 
 
 class ServiceTime:
-    """Seconds per call of the function as the queue sees them: an EWMA of the gaps between answers."""
+    """Seconds per call of the function as the queue sees them: the mean gap between answers over a
+    recent window (at least ``calls`` answers and ``seconds`` of time), so answers that arrive in
+    bursts (a pipelined worker writes a burst of fast answers at once) average out."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, weight: float = WEIGHT) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, calls: int = WINDOW_CALLS,
+                 seconds: float = WINDOW_SECONDS) -> None:
         self.clock = clock
-        self.weight = weight
-        self.seconds: float | None = None  # None until the first call is answered
+        self.calls = calls
+        self.window = seconds
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()  # (answered at, service)
+        self._sum = 0.0
         self._last_answer = -math.inf
+
+    @property
+    def seconds(self) -> float | None:
+        """The estimate; None until the first call is answered."""
+        return max(0.0, self._sum / len(self._samples)) if self._samples else None
 
     def sent(self) -> float:
         """Call it as a call goes to the function; pass what it returns to ``answered``."""
@@ -57,7 +69,10 @@ class ServiceTime:
         began = max(sent, self._last_answer)
         self._last_answer = now
         sample = now - began
-        self.seconds = sample if self.seconds is None else self.seconds + self.weight * (sample - self.seconds)
+        self._samples.append((now, sample))
+        self._sum += sample
+        while len(self._samples) > self.calls and now - self._samples[1][0] >= self.window:
+            self._sum -= self._samples.popleft()[1]
         return max(0.0, began - sent)
 
     async def measure(self, call: Awaitable[T], waited: Callable[[float], None]) -> T:
