@@ -154,7 +154,7 @@ class InferenceService:
             raise BadRequest(f"malformed ModelInferRequest: {error}") from None
         plane = self.plane
         plane.check_model(message.model_name)
-        plane.admit()
+        plane.admit()  # refused before decoding; request_scope admits (and counts) it again
         deadline = context.time_remaining()
         body, raw_answer = request_body(message, deadline)
         if deadline is None:  # only the client going away cancels it: nobody is left to answer

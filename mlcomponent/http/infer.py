@@ -46,8 +46,7 @@ class InferEndpoint:
         plane = self.plane
         try:
             plane.check_model(model_of_infer_path(scope["path"]) or "")
-            plane.admit()
-            async with plane.request_scope() as files:  # a failure keeps nothing; the folder goes before the answer
+            async with plane.request_scope() as files:  # admitted (or 503); a failure keeps nothing in the box
                 body = await self._read_body(scope, receive, files)
                 response = await plane.infer(body, files, arrived=scope.get("mlcomponent.arrived"))
                 payload, headers = result_payload(response, scope)

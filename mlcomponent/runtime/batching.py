@@ -264,6 +264,7 @@ class Batcher:
         self.service = service or ServiceTime()  # seconds per merged call, for admission
         self.arriving = 0  # requests on their way here (decoding, staging files)
         self.in_flight = 0  # calls sent to the runner and not answered
+        self.riding = 0  # requests in those calls
         self._forming: dict[Any, Batch] = {}
         self._check_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -274,12 +275,12 @@ class Batcher:
         """Requests waiting for their batch to be sent."""
         return sum(len(b.members) for b in self._forming.values())
 
-    @property
-    def calls_ahead(self) -> int:
+    def calls_ahead(self, admitted: int = 0) -> int:
         """Calls a new request would wait for: those sent, and the batches that the requests waiting or on
-        their way here will fill (a batch forming is one call, whatever its size)."""
-        coming = math.ceil((self.waiting + self.arriving) / self.max_batch_size)
-        return self.in_flight + max(len(self._forming), coming)
+        their way will fill (a batch forming is one call, whatever its size). ``admitted``: requests the
+        data plane let in and has not answered, some of them still being read."""
+        queued = max(admitted - self.riding, self.waiting + self.arriving)
+        return self.in_flight + max(len(self._forming), math.ceil(queued / self.max_batch_size))
 
     def arrive(self) -> None:
         """A request entered the data plane: the batch forming now may wait for it."""
@@ -367,6 +368,7 @@ class Batcher:
             del self._forming[batch.key]
         batch.dispatched = True
         self.in_flight += 1
+        self.riding += len(batch.members)
         now = asyncio.get_running_loop().time()
         self.observer.batch_sent(len(batch.members), [now - m.joined for m in batch.members])
         task = asyncio.ensure_future(self._run(batch))
@@ -374,10 +376,12 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: Batch) -> None:
+        riding = len(batch.members)
         try:
             await self._serve(batch.members)
         finally:
             self.in_flight -= 1
+            self.riding -= riding
             self._schedule_check()
 
     async def _serve(self, members: list[Member]) -> None:

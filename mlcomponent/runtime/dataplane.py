@@ -2,9 +2,9 @@
 
 Transport-free (no HTTP or gRPC here), so the flow reads top to bottom:
 admit → decode + validate → stage files → call the function → check outputs → publish files.
-Each transport calls ``admit`` before it reads the body, opens ``request_scope`` (the
-request's files: a failed request keeps nothing in the box, the folder goes before the
-answer), parses its own encoding into the V2 body, calls ``infer``, and encodes the
+Each transport opens ``request_scope`` before it reads the body (admission, 503 at once;
+the request's files: a failed request keeps nothing in the box, the folder goes before
+the answer), parses its own encoding into the V2 body, calls ``infer``, and encodes the
 ``InferenceResponse`` its own way.
 """
 
@@ -56,6 +56,7 @@ class DataPlane:
         self.admission = Admission(self.limits.max_queue_wait)
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
+        self.admitted = 0  # requests let in by ``request_scope`` and not answered
         self.calls = 0  # requests in ``infer`` and not answered, each one call (without batching)
 
     @property
@@ -77,8 +78,11 @@ class DataPlane:
 
     @property
     def calls_ahead(self) -> int:
-        """Calls a new request would wait for: queued and running, merged calls counted once."""
-        return self.batcher.calls_ahead if self.batcher is not None else self.calls
+        """Calls a new request would wait for: admitted and not answered (a burst of arrivals counts before
+        its bodies are read), merged calls counted once."""
+        if self.batcher is not None:
+            return self.batcher.calls_ahead(self.admitted)
+        return max(self.admitted, self.calls)
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
@@ -90,8 +94,12 @@ class DataPlane:
 
     @asynccontextmanager
     async def request_scope(self) -> AsyncIterator[RequestFiles]:
-        """One request's files, for every transport: a request that fails keeps nothing in the file box
-        (its kept uploads and published outputs are removed), and its folder is gone before the answer."""
+        """One request, for every transport, from admission to answer: ``admit`` (503 before anything is
+        read), then counted as ahead of later requests until it is answered; its files: a request that
+        fails keeps nothing in the file box (its kept uploads and published outputs are removed), and its
+        folder is gone before the answer."""
+        self.admit()
+        self.admitted += 1
         files = self.request_files()
         try:
             yield files
@@ -100,6 +108,7 @@ class DataPlane:
                 await asyncio.to_thread(files.discard)
             raise
         finally:
+            self.admitted -= 1
             await asyncio.to_thread(files.cleanup)
 
     def admit(self) -> None:
