@@ -6,12 +6,14 @@ protocol's ``<project>_<format>`` convention.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
 
 PLATFORM = "mlcomponent_python"
+MODEL_VERSION_ENV = "MLCOMPONENT_MODEL_VERSION"  # the model content hash the operator rolled this pod for
 
 
 def _tensor(tensor: TensorSpec) -> dict[str, Any]:
@@ -43,6 +45,9 @@ def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
         parameters["batching"] = {"max_batch_size": spec.batching.max_batch_size,
                                   "max_batch_delay_ms": spec.batching.max_batch_delay * 1000,
                                   "data": "numpy" if spec.batching.numpy else "lists"}
+    version = os.environ.get(MODEL_VERSION_ENV)
+    if version:
+        parameters["model_version"] = version
     return {
         "name": name,
         "versions": [],

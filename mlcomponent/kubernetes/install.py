@@ -39,6 +39,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps", "services", "persistentvolumeclaims"],
      "verbs": ["get", "list", "watch", "create", "patch", "update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+    # the files Secret (created once, never updated) and the box credentials the model poll lists S3 with
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
     # why a component is not ready: its pods' container states and their last log lines
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},

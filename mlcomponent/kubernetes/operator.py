@@ -9,7 +9,10 @@ configuration lives in kopf's ``memo``, set once by ``run``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import secrets
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +22,17 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from mlcomponent.kubernetes.crd import PLURAL, VERSION
-from mlcomponent.kubernetes.render import MANAGED_BY, OperatorConfig, UnknownRegistry, render, service_url
+from mlcomponent.kubernetes.render import (
+    FILES_SECRET_KEY,
+    MANAGED_BY,
+    MODEL_CONTENT,
+    OperatorConfig,
+    UnknownRegistry,
+    files_secret_name,
+    labels,
+    render,
+    service_url,
+)
 from mlcomponent.kubernetes.status import Readiness, deployment_readiness, readiness, ready_condition
 from mlcomponent.manifest import API_GROUP, Manifest, format_loc, problems_of
 
@@ -102,6 +115,90 @@ def _ready_condition(conditions: list[dict[str, Any]]) -> dict[str, Any]:
     return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
+def ensure_files_secret(manifest: Manifest, body: Any) -> None:
+    """One random signing key per component, owned by it: made once, never replaced by us."""
+    namespace = manifest.metadata.namespace or "default"
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": files_secret_name(manifest), "namespace": namespace, "labels": labels(manifest)},
+              "data": {FILES_SECRET_KEY: base64.b64encode(secrets.token_urlsafe(32).encode()).decode()}}
+    kopf.append_owner_reference(secret, owner=body)
+    try:
+        client.CoreV1Api(_api()).create_namespaced_secret(namespace, secret)
+    except ApiException as error:
+        if error.status == 409:  # it exists: links signed with it stay valid
+            return
+        raise kopf.TemporaryError(f"creating Secret {secret['metadata']['name']}: {error.reason}", delay=5) from None
+
+
+def _box_credentials(namespace: str, box: str, config: OperatorConfig) -> tuple[str, str] | None:
+    try:
+        found = client.CoreV1Api(_api()).read_namespaced_secret(config.box_secret.format(box=box), namespace)
+    except ApiException as error:
+        log.warning("model box %s: no credentials Secret %s in %s (%s)", box, config.box_secret.format(box=box),
+                    namespace, error.reason)
+        return None
+    data = found.data or {}
+    try:
+        return (base64.b64decode(data[config.access_key_key]).decode(),
+                base64.b64decode(data[config.secret_key_key]).decode())
+    except KeyError as error:
+        log.warning("model box %s: its Secret has no key %s", box, error)
+        return None
+
+
+def content_hash(objects: list[tuple[str, str, int]]) -> str:
+    """A short hash of (key, ETag, size) under the model's subPath: a new upload is a new hash."""
+    digest = hashlib.sha256()
+    for key, etag, size in sorted(objects):
+        digest.update(f"{key}\0{etag}\0{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_content(manifest: Manifest, config: OperatorConfig) -> str | None:
+    """The content hash of the model box's subPath in S3; None when it cannot be listed (kept as it was)."""
+    box = manifest.box(manifest.inference.model.model_box)
+    if box.mount_s3_box is None:
+        return None
+    namespace = manifest.metadata.namespace or "default"
+    credentials = _box_credentials(namespace, box.s3_box_name, config)
+    if credentials is None:
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from mlcomponent.boxes.s3 import S3Box
+
+    store = S3Box(box.s3_box_name, box.s3_box_name, endpoint_url=config.s3_endpoint, region=config.s3_region,
+                  access_key=credentials[0], secret_key=credentials[1])
+    try:
+        listed = [(o.key, o.etag, o.size) for o in store.list(box.mount_s3_box.sub_path)]
+    except (BotoCoreError, ClientError) as error:
+        log.warning("model box %s: cannot list %r: %s", box.s3_box_name, box.mount_s3_box.sub_path, error)
+        return None
+    return content_hash(listed)
+
+
+def _deployed_content(namespace: str, name: str) -> str | None:
+    """The content hash the Deployment's pods were made for ("" for none; None: no Deployment yet)."""
+    try:
+        found = client.AppsV1Api(_api()).read_namespaced_deployment(name, namespace)
+    except ApiException:
+        return None
+    template = found.spec.template.metadata if found.spec and found.spec.template else None
+    return str(((template.annotations if template else None) or {}).get(MODEL_CONTENT, ""))
+
+
+def _apply_all(manifest: Manifest, config: OperatorConfig, body: Any, content: str | None) -> dict[str, Any]:
+    """The files Secret, then every rendered object; returns the Deployment as applied."""
+    ensure_files_secret(manifest, body)
+    deployment: dict[str, Any] = {}
+    for obj in render(manifest, config, content):
+        kopf.append_owner_reference(obj, owner=body)
+        applied = apply(obj)
+        if obj["kind"] == "Deployment":
+            deployment = applied
+    return deployment
+
+
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL)
@@ -110,17 +207,16 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
     if problems or manifest is None:
         raise _refuse(body, patch, "InvalidSpec", "\n".join(f"{format_loc(p.loc)}: {p.message}" for p in problems))
     try:
-        objects = render(manifest, memo.config)
+        render(manifest, memo.config)  # refused before anything is applied
     except UnknownRegistry as error:
         raise _refuse(body, patch, "UnknownPackageRegistry", str(error)) from None
     except ValueError as error:
         raise _refuse(body, patch, "InvalidSpec", str(error)) from None
-    deployment: dict[str, Any] = {}
-    for obj in objects:
-        kopf.append_owner_reference(obj, owner=body)
-        applied = apply(obj)
-        if obj["kind"] == "Deployment":
-            deployment = applied
+    namespace = manifest.metadata.namespace or "default"
+    content = model_content(manifest, memo.config) or _deployed_content(namespace, manifest.metadata.name) or None
+    deployment = _apply_all(manifest, memo.config, body, content)
+    if content:
+        patch.status["modelContent"] = content
     generation = body["metadata"].get("generation")
     state = current_readiness(manifest.metadata.namespace or "default", manifest.metadata.name, deployment)
     current = _ready_condition((body.get("status") or {}).get("conditions") or [])
@@ -155,6 +251,22 @@ def refresh(namespace: str, name: str, deployment: dict[str, Any] | None = None)
         api.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, patch)
     except ApiException as error:
         raise kopf.TemporaryError(f"updating MLComponent {name} status: {error.reason}", delay=2) from None
+
+
+def check_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """On a timer: new objects under the model's subPath roll the Deployment (new pods sync them)."""
+    manifest, problems = problems_of(manifest_data(body))
+    current = _ready_condition((body.get("status") or {}).get("conditions") or [])
+    if problems or manifest is None or current.get("reason") in REFUSED:
+        return
+    namespace = manifest.metadata.namespace or "default"
+    deployed = _deployed_content(namespace, manifest.metadata.name)
+    content = model_content(manifest, memo.config)
+    if content is None or deployed is None or content == deployed:
+        return  # unknown, not reconciled yet (reconcile puts it in), or unchanged
+    log.info("[%s/%s] the model changed (%s -> %s): rolling out", namespace, manifest.metadata.name, deployed, content)
+    _apply_all(manifest, memo.config, body, content)
+    patch.status["modelContent"] = content
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
@@ -194,6 +306,9 @@ def run(config_path: str | None, namespaces: list[str], verbose: bool) -> None:
     # Without a file: the strict defaults (no registries), never render's preview.
     settings = OperatorConfig.load(config_path) if config_path else OperatorConfig()
     kopf.configure(verbose=verbose, log_prefix=True)  # each line names its object: [namespace/name]
+    # the period comes from the configuration, so the timer is registered here, not by a decorator
+    kopf.timer(API_GROUP, VERSION, PLURAL, interval=settings.model_poll_seconds,
+               initial_delay=settings.model_poll_seconds)(check_model)
     if not settings.registries and settings.default_index_url is None:
         log.warning("no package registries configured: every MLComponent will be refused (UnknownPackageRegistry); "
                     "set `registries` in the file given with --config")
