@@ -3,7 +3,7 @@
 Layers, lowest first; a module may import its own layer and the layers below it:
 
     errors, logs → manifest → settings → spec → protocol → boxes → runtime
-    → metrics, http, grpc (transports) → client, scaffold, cli_output → cli
+    → metrics, http, grpc (transports) → client, scaffold, cli_output, ship → cli, cli_ship
 
 ``kubernetes`` sits beside ``settings``: it reads manifests and never touches the
 runtime or a transport. Web frameworks are the transports' business only.
@@ -26,8 +26,8 @@ LAYERS = [
     {"boxes"},
     {"runtime"},
     {"metrics", "http", "grpc"},
-    {"client", "scaffold", "cli_output"},
-    {"cli", "__main__"},
+    {"client", "scaffold", "cli_output", "ship"},
+    {"cli", "cli_ship", "__main__"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 WEB_FRAMEWORKS = {"starlette", "uvicorn", "fastapi", "grpc"}

@@ -163,14 +163,20 @@ def model_content(manifest: Manifest, config: OperatorConfig) -> str | None:
     credentials = _box_credentials(namespace, box.s3_box_name, config)
     if credentials is None:
         return None
+    import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from mlcomponent.boxes.s3 import S3Box
-
-    store = S3Box(box.s3_box_name, box.s3_box_name, endpoint_url=config.s3_endpoint, region=config.s3_region,
-                  access_key=credentials[0], secret_key=credentials[1])
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=config.s3_endpoint, region_name=config.s3_region, aws_access_key_id=credentials[0],
+        aws_secret_access_key=credentials[1],
+        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10, s3={"addressing_style": "path"}))
+    prefix = box.mount_s3_box.sub_path.strip("/")
     try:
-        listed = [(o.key, o.etag, o.size) for o in store.list(box.mount_s3_box.sub_path)]
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=box.s3_box_name,
+                                                              Prefix=f"{prefix}/" if prefix else "")
+        listed = [(str(o["Key"]), str(o.get("ETag", "")).strip('"'), int(o["Size"]))
+                  for page in pages for o in page.get("Contents", [])]
     except (BotoCoreError, ClientError) as error:
         log.warning("model box %s: cannot list %r: %s", box.s3_box_name, box.mount_s3_box.sub_path, error)
         return None

@@ -114,8 +114,11 @@ def target_from_boxes(box: str, settings: BoxSettings, data_root: Path, environ:
 
 
 def _s3_error(target: Target, error: Exception) -> UploadError:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+    if isinstance(error, S3UploadFailedError) and isinstance(error.__cause__ or error.__context__, Exception):
+        error = error.__cause__ or error.__context__  # boto3 wraps S3's answer
     where = f"box {target.box!r} ({target.describe()})"
     if isinstance(error, EndpointConnectionError):
         return UploadError(f"{where}: cannot reach S3 at {target.endpoint or 'AWS'}; check the endpoint in --boxes "
@@ -162,6 +165,7 @@ def upload(target: Target, item: Item, progress: Progress) -> str:
         if destination.stat().st_size != size or sha256(destination) != digest:
             raise UploadError(f"box {target.box!r}: {destination} does not match {item.source} after the copy")
         return f"sha256 {digest[:12]}"
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -171,7 +175,7 @@ def upload(target: Target, item: Item, progress: Progress) -> str:
     try:
         client.upload_file(str(item.source), target.bucket, key, Config=config, Callback=progress)
         head = client.head_object(Bucket=target.bucket, Key=key)
-    except (BotoCoreError, ClientError) as error:
+    except (BotoCoreError, ClientError, S3UploadFailedError) as error:
         raise _s3_error(target, error) from None
     etag, stored = str(head.get("ETag", "")).strip('"'), int(head["ContentLength"])
     wanted = expected_etag(item.source)
