@@ -157,6 +157,7 @@ def test_build_with_podman_then_push_to_a_refusing_registry_is_one_line(module: 
         not_run("podman needs root or apt-get here")
     tag = f"localhost/mlcomponent-test-build:{os.getpid()}"
     env = {**podman_env(), "PATH": os.environ["PATH"]}
+    refused = f"127.0.0.1:{free_port()}/mlcomponent-test-build:1"  # nothing listens there
     try:
         built = run_cli("build", str(module / "mlcomponent.yaml"), "--from", BASE_IMAGE, "--tag", tag,
                         "--network", "none", env=env, timeout=600)
@@ -166,14 +167,13 @@ def test_build_with_podman_then_push_to_a_refusing_registry_is_one_line(module: 
                        "import os, scorer.predict; print(os.getuid(), os.getcwd(), "
                        "os.access('/home/app/users/tmp', os.W_OK))")
         assert probe.stdout.split() == ["1000", "/home/app", "True"], probe.stderr
-        refused = f"127.0.0.1:{free_port()}/mlcomponent-test-build:1"  # nothing listens there
         assert podman("tag", tag, refused).returncode == 0
         line = one_line(run_cli("push", str(module / "mlcomponent.yaml"), "--tag", refused, "--no-tls-verify",
                                 env=env, timeout=120))
         assert line.startswith(f"push of {refused} failed (podman exited with 125): "), line
         assert "connection refused" in line, line
     finally:
-        podman("rmi", "-f", tag, f"127.0.0.1/mlcomponent-test-build:1")
+        podman("rmi", "-f", tag, refused)
 
 
 # --------------------------------------------------------------------------- upload

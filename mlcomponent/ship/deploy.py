@@ -105,7 +105,12 @@ class Cluster:
         except (config.ConfigException, OSError, ValueError, TypeError) as error:
             raise DeployError(f"no cluster to deploy to: cannot load a kubeconfig ({_one_line(error)}); set "
                               "KUBECONFIG or `kubectl config use-context`") from None
-        return cls(client.ApiClient())
+        api = client.ApiClient()
+        if not api.configuration.verify_ssl:  # the kubeconfig's insecure-skip-tls-verify: chosen, as kubectl takes it
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return cls(api)
 
     def default_namespace(self) -> str:
         from kubernetes import config
