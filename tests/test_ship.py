@@ -362,3 +362,22 @@ def test_render_shares_the_files_secret_and_a_model_content_rolls_the_pods() -> 
     template = rolled["spec"]["template"]
     assert template["metadata"]["annotations"]["unified-platform.cs.hse.ru/model-content"] == second
     assert {"name": "MLCOMPONENT_MODEL_VERSION", "value": second} in template["spec"]["containers"][0]["env"]
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def test_kubernetes_docs_start_with_ship_a_module_whose_commands_exist() -> None:
+    import re
+
+    import click
+
+    from mlcomponent.cli import main
+    from tests.test_ship_node import doc_commands
+
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert re.findall(r"^## .*$", text, re.M)[0] == "## Ship a module"
+    assert isinstance(main, click.Group)
+    used = [c[1] for c in doc_commands() if c[0] == "mlcomponent"]
+    assert {"build", "push", "upload", "deploy", "status"} <= set(used) <= set(main.commands)
+    assert "TIMES_TBD" not in text

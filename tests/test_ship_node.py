@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,10 +72,24 @@ REPORT_CODE = '''
     return outputs, model
 '''
 TIMES: dict[str, float] = {}
+DOC = ROOT / "docs" / "kubernetes.md"
+# what only this machine needs beside the documented commands (no public registry, a test namespace)
+EXTRA = {"build": ["--from", images.BASE_IMAGE, "--network", "none"], "deploy": ["--timeout", "400"],
+         "status": ["-n", NAMESPACE], "scale": ["-n", NAMESPACE]}
+
+
+def doc_commands() -> list[list[str]]:
+    """The commands of docs/kubernetes.md's "Ship a module" block, in order."""
+    block = re.search(r"^```bash ship\n(.*?)^```", DOC.read_text(), re.M | re.S)
+    assert block, f"{DOC} has no ```bash ship block"
+    lines = (line.split("#", 1)[0] for line in block.group(1).splitlines())
+    return [shlex.split(part) for line in lines for part in line.split("&&") if part.strip()]
 
 
 @dataclass
 class Shipyard:
+    """The platform and the module; ``step(n)`` runs the docs' n-th command in the module's folder."""
+
     cluster: Cluster
     work: Path
     module: Path
@@ -83,15 +99,28 @@ class Shipyard:
     operator_log: Path
     logs: list[Path] = field(default_factory=list)
 
+    commands: list[list[str]] = field(default_factory=doc_commands)
+
     @property
     def manifest(self) -> Path:
         return self.module / "mlcomponent.yaml"
 
+    def step(self, index: int) -> subprocess.CompletedProcess[str]:
+        command = self.commands[index]
+        if command[0] == "kubectl":
+            started = time.monotonic()
+            result = self.cluster.kubectl(*command[1:], *EXTRA.get(command[1], []))
+            TIMES[command[1]] = time.monotonic() - started
+            return result
+        assert command[0] == "mlcomponent", command
+        return self.cli(*command[1:], *EXTRA.get(command[1], []))
+
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**images.podman_env(), **S3_ENV, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        env = {**images.podman_env(), **S3_ENV, "KUBECONFIG": str(self.cluster.kubeconfig),
+               "BOX_KEY": S3_ENV["AWS_ACCESS_KEY_ID"], "BOX_SECRET": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "mlcomponent", *args], capture_output=True, text=True,
-                                env=env, timeout=timeout)
+                                env=env, timeout=timeout, cwd=self.module)
         TIMES[args[0]] = TIMES.get(args[0], 0.0) + time.monotonic() - started
         assert result.returncode == 0, f"mlcomponent {' '.join(args)}:\n{result.stdout}\n{result.stderr[-4000:]}"
         return result
@@ -134,12 +163,13 @@ def moto_on(address: str, log: Path) -> Iterator[S3Endpoint]:
         stop_group(process)
 
 
-def _module(work: Path, image: str) -> Path:
-    """What `mlcomponent init` writes, with the developer's edits: image, namespace, cpu, a FILE output."""
-    folder = work / MODULE
+def _module(work: Path, image: str, init: list[str], s3: S3Endpoint) -> Path:
+    """What the docs' `mlcomponent init` writes, with the developer's edits: image, namespace, cpu, a FILE output;
+    and the --boxes file for `upload` (the box's S3 and the env vars of its credentials)."""
+    assert init[:2] == ["mlcomponent", "init"], init
+    folder = work / init[2]
     started = time.monotonic()
-    made = subprocess.run([sys.executable, "-m", "mlcomponent", "init", str(folder)], capture_output=True, text=True,
-                          timeout=60)
+    made = subprocess.run([sys.executable, "-m", *init], capture_output=True, text=True, timeout=60, cwd=work)
     TIMES["init"] = time.monotonic() - started
     assert made.returncode == 0, made.stderr
     data = yaml.safe_load((folder / "mlcomponent.yaml").read_text())
@@ -152,6 +182,7 @@ def _module(work: Path, image: str) -> Path:
     text = text.replace(REPORT_DOC[0], REPORT_DOC[0] + REPORT_DOC[1])
     text = text[:text.index("    return [{")] + REPORT_CODE.lstrip("\n")
     predict.write_text(text)
+    s3.boxes_file(folder, BOX)
     return folder
 
 
@@ -194,8 +225,13 @@ def shipyard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipyard]:
         log = work / "operator.log"
         stack.enter_context(operator(cluster, log, "--config", str(config)))
         image = f"{registry_address}/{MODULE}:latest"
-        yard = Shipyard(cluster, work, _module(work, image), image, s3, config, log,
-                        logs=[log, work / "moto.log", work / "index.log", work / "registry.log"])
+        commands = doc_commands()
+        assert [c[:2] for c in commands] == [
+            ["mlcomponent", "init"], ["cd", MODULE], ["mlcomponent", "build"], ["mlcomponent", "push"],
+            ["mlcomponent", "upload"], ["mlcomponent", "deploy"], ["mlcomponent", "upload"], ["kubectl", "scale"],
+            ["mlcomponent", "status"]], f"the steps of {DOC}'s Ship a module changed: update this test"
+        yard = Shipyard(cluster, work, _module(work, image, commands[0], s3), image, s3, config, log,
+                        logs=[log, work / "moto.log", work / "index.log", work / "registry.log"], commands=commands)
         yield yard
         print("\nship e2e, seconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in TIMES.items()))
 
@@ -278,15 +314,14 @@ class RequestLoop:
 
 def test_build_push_upload_deploy_and_infer(shipyard: Shipyard) -> None:
     yard = shipyard
-    built = yard.cli("build", str(yard.manifest), "--from", images.BASE_IMAGE, "--network", "none")
+    built = yard.step(2)
     assert f"built {yard.image} (with podman)" in built.stdout
-    pushed = yard.cli("push", str(yard.manifest), "--no-tls-verify")
+    pushed = yard.step(3)
     assert f"pushed {yard.image}" in pushed.stdout
-    model = yard.work / "model-1.json"
-    model.write_text(json.dumps(FIRST_MODEL))
-    uploaded = yard.cli("upload", str(yard.manifest), str(model), "--config", str(yard.operator_config))
+    (yard.module / yard.commands[4][3]).write_text(json.dumps(FIRST_MODEL))
+    uploaded = yard.step(4)
     assert f"-> {BOX}/users/developer/file_groups/models/model.json" in uploaded.stdout
-    deployed = yard.cli("deploy", str(yard.manifest), "--timeout", "400")
+    deployed = yard.step(5)
     assert deployed.stdout.startswith(f"{NAMESPACE}/{MODULE} is Ready (1/1 replicas available)"), deployed.stdout
     print(f"\ndeploy's live status lines:\n{deployed.stderr}")
     [pod] = live_pods(yard.cluster)
@@ -304,11 +339,10 @@ def test_a_new_model_reaches_the_replica_with_no_failed_request(shipyard: Shipya
     yard, cluster = shipyard, shipyard.cluster
     old_pods = {p["metadata"]["name"] for p in live_pods(cluster)}
     before = (cluster.get("deployment", MODULE, NAMESPACE) or {})["spec"]["template"]["metadata"]["annotations"][CONTENT]
-    model = yard.work / "model-2.json"
-    model.write_text(json.dumps(SECOND_MODEL))
+    (yard.module / yard.commands[6][3]).write_text(json.dumps(SECOND_MODEL))
     with RequestLoop(f"{service_url(cluster)}/infer") as loop:
         uploaded_at = time.monotonic()
-        yard.cli("upload", str(yard.manifest), str(model), "--config", str(yard.operator_config))
+        yard.step(6)
 
         def rolled() -> bool:
             gone = all(cluster.get("pod", name, NAMESPACE) is None or _finished(cluster, name) for name in old_pods)
@@ -349,7 +383,7 @@ def _finished(cluster: Cluster, name: str) -> bool:
 def test_scaled_to_two_a_link_from_one_pod_is_served_by_the_other(shipyard: Shipyard) -> None:
     yard, cluster = shipyard, shipyard.cluster
     started = time.monotonic()
-    cluster.kubectl("scale", "deployment", MODULE, "-n", NAMESPACE, "--replicas", "2")
+    yard.step(7)  # kubectl scale deployment shipdemo --replicas 2
     def two_ready() -> list[dict[str, Any]] | None:
         found = live_pods(cluster)
         return found if len(found) == 2 and all(map(ready, found)) else None
@@ -359,7 +393,7 @@ def test_scaled_to_two_a_link_from_one_pod_is_served_by_the_other(shipyard: Ship
     contents = {p["metadata"]["annotations"][CONTENT] for p in pods}
     assert len(contents) == 1, f"the replicas serve different model content: {contents}"
     [content] = contents
-    shown = yard.cli("status", MODULE, "-n", NAMESPACE)
+    shown = yard.step(8)
     for pod in pods:
         assert f"  pod {pod['metadata']['name']}: ready; model {content}" in shown.stdout.splitlines(), shown.stdout
     first, second = (f"http://{p['status']['podIP']}:8080/v2/models/{MODULE}" for p in pods)

@@ -201,7 +201,7 @@ def wait_ready(cluster: Cluster, name: str, namespace: str, generation: int, tim
                clock: Callable[[], float] = time.monotonic, pause: Callable[[float], None] = time.sleep) -> str:
     """Until Ready (returns its message) or failed or ``timeout`` (DeployError); ``show`` gets each new line."""
     deadline = clock() + timeout
-    last, seen_events = "", set()
+    last, seen_events = "", set[Any]()
     component: dict[str, Any] = {}
     while True:
         component = cluster.component(name, namespace) or {}
@@ -211,7 +211,7 @@ def wait_ready(cluster: Cluster, name: str, namespace: str, generation: int, tim
             show(line)
             last = line
         for event in cluster.events(pods, name, namespace):
-            uid = (event.get("metadata") or {}).get("uid"), event.get("count")
+            uid = (event.get("metadata") or {}).get("uid")  # once each, however often it repeats
             if uid not in seen_events:
                 seen_events.add(uid)
                 show(f"  event {(event.get('involvedObject') or {}).get('name', '')}: {event.get('reason', '')}: "
