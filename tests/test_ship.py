@@ -348,7 +348,7 @@ def test_render_shares_the_files_secret_and_a_model_content_rolls_the_pods() -> 
     from mlcomponent.manifest import load_manifest
 
     manifest = load_manifest(IRIS / "mlcomponent.yaml")
-    plain = next(o for o in render(manifest, OperatorConfig()) if o["kind"] == "Deployment")
+    plain = next(o for o in render(manifest, OperatorConfig.load(None)) if o["kind"] == "Deployment")
     env = {e["name"]: e for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLCOMPONENT_FILES_SECRET"]["valueFrom"] == {
         "secretKeyRef": {"name": "iris-classifier-files", "key": "secret"}}
@@ -358,7 +358,7 @@ def test_render_shares_the_files_secret_and_a_model_content_rolls_the_pods() -> 
     assert first == content_hash([("models/iris.joblib", "etag-1", 100)])  # the same content, the same hash
     second = content_hash([("models/iris.joblib", "etag-2", 100)])
     assert len({first, second, content_hash([])}) == 3
-    rolled = next(o for o in render(manifest, OperatorConfig(), second) if o["kind"] == "Deployment")
+    rolled = next(o for o in render(manifest, OperatorConfig.load(None), second) if o["kind"] == "Deployment")
     template = rolled["spec"]["template"]
     assert template["metadata"]["annotations"]["unified-platform.cs.hse.ru/model-content"] == second
     assert {"name": "MLCOMPONENT_MODEL_VERSION", "value": second} in template["spec"]["containers"][0]["env"]

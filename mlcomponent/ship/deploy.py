@@ -41,7 +41,7 @@ def _pod_line(pod: dict[str, Any]) -> str:
                [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
                if (s.get("state") or {}).get("waiting")]
     phase = "Terminating" if meta.get("deletionTimestamp") else status.get("phase", "Pending")
-    state = "ready" if ready else ", ".join(w for w in [phase, *waiting] if w)
+    state = "ready" if ready else ", ".join(w for w in dict.fromkeys([phase, *waiting]) if w)
     content = ((meta.get("annotations") or {}).get(MODEL_CONTENT)) or "-"
     return f"  pod {meta.get('name', '?')}: {state}; model {content}"
 
