@@ -88,7 +88,7 @@ def installed(cluster: Cluster, work: Path) -> Iterator[None]:
     cluster.kubectl("create", "secret", "generic", f"{BOX}-s3", "-n", NAMESPACE,
                     f"--from-literal=accessKey={S3_ENV['AWS_ACCESS_KEY_ID']}",
                     f"--from-literal=secretKey={S3_ENV['AWS_SECRET_ACCESS_KEY']}")
-    with operator(cluster, work / "operator.log", "--config", str(work / "operator.yaml")):
+    with operator(cluster, work / "operator.log", "--config", str(work / "operator.yaml"), "--verbose"):
         yield
 
 
@@ -158,11 +158,16 @@ def test_an_unchanged_box_does_not_roll_the_deployment(cluster: Cluster, work: P
     log = work / "operator.log"
 
     def polls() -> int:
-        return log.read_text(errors="replace").count(f"[{NAMESPACE}/{NAME}] Timer 'check_model' succeeded")
+        return log.read_text(errors="replace").count("polled the model boxes of ")
 
     seen = polls()
     eventually(lambda: polls() >= seen + 3, timeout=60, what="three more polls of the model box")
     assert (cluster.get("deployment", NAME, NAMESPACE) or {})["metadata"]["generation"] == generation
+
+
+def test_a_component_has_no_finalizer_so_deleting_it_never_waits_for_the_operator(
+        cluster: Cluster, installed: None) -> None:
+    assert not (cluster.get("mlc", NAME, NAMESPACE) or {})["metadata"].get("finalizers")
 
 
 def test_deploy_of_a_refused_component_exits_with_the_condition(cluster: Cluster, work: Path, installed: None) -> None:

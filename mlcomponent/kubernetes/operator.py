@@ -9,6 +9,7 @@ configuration lives in kopf's ``memo``, set once by ``run``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -130,19 +131,29 @@ def ensure_files_secret(manifest: Manifest, body: Any) -> None:
         raise kopf.TemporaryError(f"creating Secret {secret['metadata']['name']}: {error.reason}", delay=5) from None
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """The model poll runs every period: say each problem once, not every 30 s."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
 def _box_credentials(namespace: str, box: str, config: OperatorConfig) -> tuple[str, str] | None:
     try:
         found = client.CoreV1Api(_api()).read_namespaced_secret(config.box_secret.format(box=box), namespace)
     except ApiException as error:
-        log.warning("model box %s: no credentials Secret %s in %s (%s)", box, config.box_secret.format(box=box),
-                    namespace, error.reason)
+        _warn_once(f"model box {box}: no credentials Secret {config.box_secret.format(box=box)} in {namespace} "
+                   f"({error.reason}); its new models are not noticed")
         return None
     data = found.data or {}
     try:
         return (base64.b64decode(data[config.access_key_key]).decode(),
                 base64.b64decode(data[config.secret_key_key]).decode())
     except KeyError as error:
-        log.warning("model box %s: its Secret has no key %s", box, error)
+        _warn_once(f"model box {box}: its Secret has no key {error}; its new models are not noticed")
         return None
 
 
@@ -178,7 +189,7 @@ def model_content(manifest: Manifest, config: OperatorConfig) -> str | None:
         listed = [(str(o["Key"]), str(o.get("ETag", "")).strip('"'), int(o["Size"]))
                   for page in pages for o in page.get("Contents", [])]
     except (BotoCoreError, ClientError) as error:
-        log.warning("model box %s: cannot list %r: %s", box.s3_box_name, box.mount_s3_box.sub_path, error)
+        _warn_once(f"model box {box.s3_box_name}: cannot list {box.mount_s3_box.sub_path!r}: {error}")
         return None
     return content_hash(listed)
 
@@ -259,20 +270,66 @@ def refresh(namespace: str, name: str, deployment: dict[str, Any] | None = None)
         raise kopf.TemporaryError(f"updating MLComponent {name} status: {error.reason}", delay=2) from None
 
 
-def check_model(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """On a timer: new objects under the model's subPath roll the Deployment (new pods sync them)."""
+def check_model(body: dict[str, Any], config: OperatorConfig) -> str | None:
+    """New objects under the model's subPath roll the Deployment (new pods sync them); returns the new hash."""
     manifest, problems = problems_of(manifest_data(body))
     current = _ready_condition((body.get("status") or {}).get("conditions") or [])
     if problems or manifest is None or current.get("reason") in REFUSED:
-        return
-    namespace = manifest.metadata.namespace or "default"
-    deployed = _deployed_content(namespace, manifest.metadata.name)
-    content = model_content(manifest, memo.config)
+        return None
+    namespace, name = manifest.metadata.namespace or "default", manifest.metadata.name
+    deployed = _deployed_content(namespace, name)
+    content = model_content(manifest, config)
     if content is None or deployed is None or content == deployed:
-        return  # unknown, not reconciled yet (reconcile puts it in), or unchanged
-    log.info("[%s/%s] the model changed (%s -> %s): rolling out", namespace, manifest.metadata.name, deployed, content)
-    _apply_all(manifest, memo.config, body, content)
-    patch.status["modelContent"] = content
+        return None  # unknown, not reconciled yet (reconcile puts it in), or unchanged
+    log.info("[%s/%s] the model changed (%s -> %s): rolling out", namespace, name, deployed or "none", content)
+    _apply_all(manifest, config, body, content)
+    client.CustomObjectsApi(_api()).patch_namespaced_custom_object_status(
+        API_GROUP, VERSION, namespace, PLURAL, name, {"status": {"modelContent": content}})
+    return content
+
+
+def poll_models(config: OperatorConfig, namespaces: list[str]) -> int:
+    """One pass over every MLComponent watched; how many rolled."""
+    api = client.CustomObjectsApi(_api())
+    if namespaces:
+        found = [item for namespace in namespaces
+                 for item in api.list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL)["items"]]
+    else:
+        found = api.list_cluster_custom_object(API_GROUP, VERSION, PLURAL)["items"]
+    rolled = 0
+    for body in found:
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        try:
+            rolled += check_model(body, config) is not None
+        except (ApiException, kopf.TemporaryError, kopf.PermanentError) as error:
+            log.warning("[%s/%s] checking the model box failed: %s", body["metadata"].get("namespace"),
+                        body["metadata"].get("name"), error)
+    log.debug("polled the model boxes of %d components, %d rolled", len(found), rolled)
+    return rolled
+
+
+async def _poll_forever(memo: kopf.Memo) -> None:
+    """Not a kopf timer: kopf puts a finalizer on objects with timers, and deleting a
+    component must not wait for the operator (deletion is garbage collection's)."""
+    while True:
+        await asyncio.sleep(memo.config.model_poll_seconds)
+        try:
+            await asyncio.to_thread(poll_models, memo.config, memo.namespaces)
+        except Exception:  # the next pass tries again; the API server may be restarting
+            log.exception("polling the model boxes failed")
+
+
+@kopf.on.startup()
+async def start_model_poll(memo: kopf.Memo, **_: Any) -> None:
+    memo.model_poll = asyncio.get_running_loop().create_task(_poll_forever(memo))
+
+
+@kopf.on.cleanup()
+async def stop_model_poll(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("model_poll")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
@@ -312,13 +369,11 @@ def run(config_path: str | None, namespaces: list[str], verbose: bool) -> None:
     # Without a file: the strict defaults (no registries), never render's preview.
     settings = OperatorConfig.load(config_path) if config_path else OperatorConfig()
     kopf.configure(verbose=verbose, log_prefix=True)  # each line names its object: [namespace/name]
-    # the period comes from the configuration, so the timer is registered here, not by a decorator
-    kopf.timer(API_GROUP, VERSION, PLURAL, interval=settings.model_poll_seconds,
-               initial_delay=settings.model_poll_seconds)(check_model)
     if not settings.registries and settings.default_index_url is None:
         log.warning("no package registries configured: every MLComponent will be refused (UnknownPackageRegistry); "
                     "set `registries` in the file given with --config")
-    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces, memo=kopf.Memo(config=settings),
+    memo = kopf.Memo(config=settings, namespaces=list(namespaces))
+    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces, memo=memo,
              liveness_endpoint="http://0.0.0.0:8080/healthz" if in_cluster() else None)
 
 
