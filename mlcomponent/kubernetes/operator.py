@@ -14,6 +14,7 @@ import base64
 import hashlib
 import logging
 import secrets
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -157,6 +158,30 @@ def _box_credentials(namespace: str, box: str, config: OperatorConfig) -> tuple[
         return None
 
 
+_CLIENTS = threading.Lock()
+
+
+@lru_cache(maxsize=64)
+def _s3_client(endpoint: str | None, region: str | None, access_key: str, secret_key: str) -> Any:
+    """One client per box credentials, made once: a new boto3 session and client cost ~0.1 s
+    of CPU, and the poll runs every period for every component."""
+    from botocore.config import Config
+
+    with _CLIENTS:  # a boto3 session is not safe to make clients from in two threads at once
+        return _session().client(
+            "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10,
+                          s3={"addressing_style": "path"}))
+
+
+@lru_cache(maxsize=1)
+def _session() -> Any:
+    import boto3
+
+    return boto3.session.Session()
+
+
 def content_hash(objects: list[tuple[str, str, int]]) -> str:
     """A short hash of (key, ETag, size) under the model's subPath: a new upload is a new hash."""
     digest = hashlib.sha256()
@@ -174,14 +199,9 @@ def model_content(manifest: Manifest, config: OperatorConfig) -> str | None:
     credentials = _box_credentials(namespace, box.s3_box_name, config)
     if credentials is None:
         return None
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    s3 = boto3.session.Session().client(
-        "s3", endpoint_url=config.s3_endpoint, region_name=config.s3_region, aws_access_key_id=credentials[0],
-        aws_secret_access_key=credentials[1],
-        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10, s3={"addressing_style": "path"}))
+    s3 = _s3_client(config.s3_endpoint, config.s3_region, *credentials)
     prefix = box.mount_s3_box.sub_path.strip("/")
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=box.s3_box_name,
