@@ -1,4 +1,4 @@
-"""Model metadata in the V2 shape; our extra fields live under ``parameters``.
+"""Server and model metadata in the V2 shape, for both transports; our extra fields live under ``parameters``.
 
 Datatypes are the protocol's (a declared ``str`` is ``BYTES``); ``platform`` follows the
 protocol's ``<project>_<format>`` convention.
@@ -9,11 +9,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mlcomponent import __version__
 from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
 
 PLATFORM = "mlcomponent_python"
 MODEL_VERSION_ENV = "MLCOMPONENT_MODEL_VERSION"  # the model content hash the operator rolled this pod for
+EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
+
+
+def server_metadata() -> dict[str, Any]:
+    """The server metadata document (REST ``GET /v2``, gRPC ``ServerMetadata``)."""
+    return {"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS}
 
 
 def _tensor(tensor: TensorSpec) -> dict[str, Any]:
