@@ -61,6 +61,7 @@ class DataPlane:
         self.observer = observer or Observer()
         self.health = Health()
         self.admission = Admission(self.limits.max_queue_wait)
+        self.reason: str | None = None  # why warm-up failed, in one line: every 503 and readiness answer says it
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
         self.admitted = 0  # requests let in by ``request_scope`` and not answered
@@ -78,6 +79,15 @@ class DataPlane:
         if self.runner.stuck:
             return "a call ran past its deadline and its worker is being replaced"
         return None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up)."""
+        if self.ready:
+            return None
+        if self.health.state is State.UNAVAILABLE:
+            return f"{self.health.reason}; retry shortly"
+        return self.reason
 
     @property
     def queued(self) -> int:
@@ -122,7 +132,8 @@ class DataPlane:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
         state = self.health.state
         if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
-            self._refuse(Refusal("not_ready", f"not ready ({self.health.describe()})", 1))
+            because = f": {self.reason}" if self.reason else f" ({self.health.describe()})"
+            self._refuse(Refusal("not_ready", f"not ready{because}", 1))
         if self.queued >= self.limits.max_queue:
             self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
                                  f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
