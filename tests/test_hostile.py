@@ -133,13 +133,16 @@ def test_prints_do_not_corrupt_the_protocol(hostile: Server) -> None:
     assert call(hostile, headers=AUTH).status_code == 200
 
 
-def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(hostile: Server, tmp_path: Path) -> None:
+def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(tmp_path: Path) -> None:
+    """Stopped at the service's --timeout; the child (its own session) goes with it (tests/test_neighbours.py)."""
     pidfile = tmp_path / "escaped.pid"
     try:
-        response = call(hostile, "escape", headers=AUTH, pidfile=str(pidfile), timeout=1)
-        assert response.status_code == 504, response.text
-        poll(lambda: httpx.get(hostile.url + "/v2/health/ready").status_code == 200, "ready again")
-        assert call(hostile, headers=AUTH).status_code == 200
+        with serve(write_manifest(tmp_path, "hostile.inference"), "--timeout", "2",
+                   data_root=tmp_path / "data") as server:
+            response = call(server, "escape", pidfile=str(pidfile))
+            assert response.status_code == 504, response.text
+            poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+            assert call(server).status_code == 200
     finally:
         if pidfile.exists():
             try:
@@ -181,13 +184,13 @@ def test_without_hide_errors_the_client_gets_the_message(hostile: Server) -> Non
 
 
 def test_readiness_is_503_while_a_worker_stuck_past_its_deadline_is_replaced(tmp_path: Path) -> None:
-    """Isolated: the call is stopped at its deadline; until the new worker is up the service is not ready,
-    and calls that arrive meanwhile wait for it rather than fail."""
+    """Isolated: the call is stopped at the service's --timeout; until the new worker is up the service is not
+    ready, and calls that arrive meanwhile wait for it rather than fail."""
     gate = tmp_path / "import-gate"
-    with serve(write_manifest(tmp_path, "hostile.inference"), data_root=tmp_path / "data",
+    with serve(write_manifest(tmp_path, "hostile.inference"), "--timeout", "5", data_root=tmp_path / "data",
                env={"IMPORT_GATE": str(gate)}) as server:
         wait_ready(server)
-        assert call(server, "sleep", seconds=60, timeout=0.5).status_code == 504
+        assert call(server, "sleep", seconds=60).status_code == 504
         assert httpx.get(server.url + "/v2/health/ready").status_code == 503  # the new worker waits at import
         assert httpx.get(server.url + "/v2/models/test-model/ready").status_code == 503
         with httpx.Client(base_url=server.url, timeout=60) as client:

@@ -52,8 +52,17 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Warmed up, not stopping, and not stuck on a call past its deadline."""
-        return self.health is Health.READY and not self.runner.stuck
+        """Warmed up, not stopping, not stuck on a call past --timeout, and with a worker that can serve."""
+        return self.health is Health.READY and not self.runner.stuck and self.runner.unavailable is None
+
+    @property
+    def not_ready_because(self) -> str | None:
+        """Why the service is not ready, for readiness answers (None when ready)."""
+        if self.runner.unavailable is not None:
+            return self.runner.unavailable
+        if self.runner.stuck:
+            return "a call ran past --timeout and its worker is being replaced"
+        return None if self.ready else self.health.value
 
     @property
     def queued(self) -> int:
@@ -71,6 +80,8 @@ class DataPlane:
         """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
         if self.health is not Health.READY:  # a worker replaced after a deadline still takes calls: they wait
             raise NotReady(f"model {self.model_name!r} is not ready ({self.health.value})", retry_after=1)
+        if self.runner.unavailable is not None:
+            raise NotReady(f"model {self.model_name!r} is not ready: {self.runner.unavailable}", retry_after=1)
         if self.runner.waiting >= self.limits.max_queue:
             raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "
                            f"waiting (--max-queue {self.limits.max_queue}); retry shortly", retry_after=1)

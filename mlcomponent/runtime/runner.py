@@ -30,7 +30,12 @@ class Runner(Protocol):
 
     @property
     def stuck(self) -> bool:
-        """A call is still running past its deadline (the service is not ready meanwhile)."""
+        """A call is still running past the service's --timeout (the service is not ready meanwhile)."""
+        ...
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why no call can run now (a worker that cannot be restarted), or None; calls get 503 meanwhile."""
         ...
 
     async def start(self) -> FunctionSpec: ...
@@ -59,6 +64,10 @@ class InProcessRunner:
     @property
     def stuck(self) -> bool:
         return self._overdue > 0
+
+    @property
+    def unavailable(self) -> str | None:
+        return None
 
     async def start(self) -> FunctionSpec:
         return self.spec
