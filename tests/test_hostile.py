@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Server, serve, wait_ready, write_manifest
+from tests.support import Server, deadline_us, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 TOKEN = "t0ken-for-tests"
@@ -212,19 +212,38 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         yield server, log
 
 
-def test_no_isolate_a_call_past_its_deadline_keeps_the_service_unready_until_it_returns(
-        in_process: tuple[Server, Path], tmp_path: Path) -> None:
-    server, _ = in_process
+def test_no_isolate_a_client_deadline_ends_only_its_wait(in_process: tuple[Server, Path], tmp_path: Path) -> None:
+    """The call runs on (it cannot be stopped); the service stays ready and the next call waits its turn."""
+    import concurrent.futures
+
+    server, log = in_process
     gate = tmp_path / "gate"
-    response = call(server, "gate", path=str(gate), timeout=0.5)
+    response = call(server, "gate", path=str(gate), timeout=deadline_us(0.5), tag="impatient")
     assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 503
-    refused = call(server)
-    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert "still running" in refused.json()["error"]
-    gate.touch()
-    poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
-    assert call(server).status_code == 200
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        innocent = pool.submit(call, server, "echo", tag="innocent")
+        poll(lambda: "mlcomponent_requests_queued 1.0" in httpx.get(server.url + "/metrics").text, "queued")
+        gate.touch()
+        assert innocent.result().status_code == 200
+    assert log.read_text().splitlines()[-2:] == ["gate impatient", "echo innocent"]
+
+
+def test_no_isolate_a_call_past_the_services_timeout_keeps_the_service_unready_until_it_returns(
+        tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with serve(write_manifest(tmp_path, "hostile.inference"), "--no-isolate", "--timeout", "1",
+               data_root=tmp_path / "data") as server:
+        wait_ready(server)
+        response = call(server, "gate", path=str(gate))
+        assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
+        refused = call(server)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "still running" in refused.json()["error"]
+        gate.touch()
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
+        assert call(server).status_code == 200
 
 
 def test_no_isolate_invalid_input_is_a_400_too(in_process: tuple[Server, Path]) -> None:

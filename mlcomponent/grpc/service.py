@@ -137,7 +137,7 @@ class InferenceService:
         reason = self.plane.not_ready_because
         if reason is not None:  # the response has no field for it: trailing metadata says why
             context.set_trailing_metadata((("mlcomponent-not-ready-reason", reason),))
-        return ModelReadyResponse(ready=reason is None)
+        return ModelReadyResponse(ready=self.plane.ready)
 
     async def server_metadata(self, request: ServerMetadataRequest,
                               context: grpc.aio.ServicerContext) -> ServerMetadataResponse:

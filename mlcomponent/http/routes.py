@@ -45,9 +45,8 @@ class Endpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        reason = self.plane.not_ready_because
-        return json_response({"ready": reason is None, **({"reason": reason} if reason else {})},
-                             200 if reason is None else 503)
+        ready, reason = self.plane.ready, self.plane.not_ready_because
+        return json_response({"ready": ready, **({"reason": reason} if reason else {})}, 200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS})
@@ -59,9 +58,9 @@ class Endpoints:
     async def model_ready(self, request: Request) -> Response:
         plane = self.plane
         plane.check_model(request.path_params["name"])
-        reason = plane.not_ready_because
-        return json_response({"name": plane.model_name, "ready": reason is None, **({"reason": reason} if reason else {})},
-                             200 if reason is None else 503)
+        ready, reason = plane.ready, plane.not_ready_because
+        return json_response({"name": plane.model_name, "ready": ready, **({"reason": reason} if reason else {})},
+                             200 if ready else 503)
 
     async def download(self, request: Request) -> Response:
         plane = self.plane

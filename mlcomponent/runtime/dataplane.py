@@ -57,12 +57,12 @@ class DataPlane:
 
     @property
     def not_ready_because(self) -> str | None:
-        """Why the service is not ready, for readiness answers (None when ready)."""
+        """Why the worker cannot serve, for readiness answers (None when it can; health has its own states)."""
         if self.runner.unavailable is not None:
             return self.runner.unavailable
         if self.runner.stuck:
-            return "a call ran past --timeout and its worker is being replaced"
-        return None if self.ready else self.health.value
+            return "a call ran past the service's --timeout and its worker is being replaced"
+        return None
 
     @property
     def queued(self) -> int:

@@ -151,7 +151,6 @@ class _Call:
     future: asyncio.Future[Any]
     abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
     started_at: float | None = None  # loop.time() it reached the head of the queue: the worker runs it
-    resent: bool = False  # sent again once already, after a memory kill that could not be laid at its door
     overrun: asyncio.TimerHandle | None = field(default=None, repr=False)  # the --timeout kill, while it runs
 
 
@@ -172,7 +171,6 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.memory_peak: int | None = None  # over the memory limit (its own report, or our watch)
         self.retiring = False  # it said OverMemory and exits by itself: no call of its is running
         self.stopped_because: str | None = None  # we killed it, and why
-        self.under_at: float | None = None  # loop.time() the memory watch last found it within the limit
         self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,6 +260,7 @@ class ProcessRunner:
         self._starting: asyncio.Future[FunctionSpec] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._pending: collections.deque[_Call] = collections.deque()
+        self._abandoned = 0  # calls in _pending whose clients were answered 504 already
         self._closed: asyncio.Event | None = None
         self._replacing_overdue = False  # a call ran past --timeout: not ready until a new worker is up
         self._unavailable: str | None = None  # why no worker can serve (a restart failed), while retrying
@@ -275,8 +274,17 @@ class ProcessRunner:
 
     @property
     def waiting(self) -> int:
-        """Calls queued behind the one running."""
-        return max(0, len(self._pending) - 1)
+        """Calls queued behind the one running; abandoned ones (answered 504, skipped by the worker) not counted."""
+        head = self._pending[0] if self._pending else None
+        return max(0, len(self._pending) - self._abandoned - (1 if head is not None and not head.abandoned else 0))
+
+    def _pop(self) -> _Call:
+        call = self._pending.popleft()
+        if call.abandoned:
+            self._abandoned -= 1
+        if call.overrun is not None:
+            call.overrun.cancel()
+        return call
 
     @property
     def stuck(self) -> bool:
@@ -328,8 +336,11 @@ class ProcessRunner:
         self._pipe = pipe
         self._replacing_overdue = False
         self._unavailable = None
+        # calls that had not started when the last worker died, less those already answered 504
+        self._pending = collections.deque(call for call in self._pending if not call.abandoned)
+        self._abandoned = 0
         self._move(WorkerState.RUNNING if self._pending else WorkerState.IDLE)
-        for call in self._pending:  # calls that had not started when the last worker died
+        for call in self._pending:
             pipe.write(call.frame)
         if self._pending:
             self._started(self._pending[0])
@@ -377,6 +388,8 @@ class ProcessRunner:
         """``call`` reached the head of the queue: the worker runs it now. Arm the --timeout kill."""
         loop = asyncio.get_running_loop()
         call.started_at = loop.time()
+        if call.overrun is not None:
+            call.overrun.cancel()  # armed for a worker that died before it could run the call
         if self.run_limit is not None:
             call.overrun = loop.call_at(call.started_at + self.run_limit, self._overran, call)
 
@@ -393,9 +406,7 @@ class ProcessRunner:
         if not self._pending:
             log.error("the worker for %s sent a %s with no call waiting; ignored", self.name, type(reply).__name__)
             return
-        call = self._pending.popleft()
-        if call.overrun is not None:
-            call.overrun.cancel()
+        call = self._pop()
         if not call.abandoned and not call.future.done():
             call.future.set_result(reply)
         if pipe is not None and not pipe.retiring:
@@ -415,12 +426,16 @@ class ProcessRunner:
         wall_deadline = None if deadline is None else time.time() + (deadline - loop.time())
         call = _Call(frame(Call(parameters, inputs, output_fields, wall_deadline)), loop.create_future())
         self._pending.append(call)
-        if self._pipe is not None and self.state in (WorkerState.IDLE, WorkerState.RUNNING):
-            self._pipe.write(call.frame)
+        pipe = self._pipe
+        if pipe is None or pipe.retiring or self.state not in (WorkerState.IDLE, WorkerState.RUNNING):
+            pass  # the worker is (re)starting or retiring, and _spawn sends every pending call to the next one
+        elif self.state is WorkerState.IDLE and self._grown_while_idle(pipe):
+            pass  # it is being replaced: the new worker gets this call, which is not charged for what it found
+        else:
+            pipe.write(call.frame)
             if self.state is WorkerState.IDLE:
                 self._move(WorkerState.RUNNING)
                 self._started(call)
-        # else: the worker is (re)starting, and _spawn sends every pending call
         try:
             if deadline is None:
                 reply = await call.future
@@ -428,6 +443,8 @@ class ProcessRunner:
                 reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
         except TimeoutError:
             call.abandoned = True  # its reply, when it comes, is dropped; the worker is left alone
+            self._abandoned += 1
+            call.frame = b""  # never sent again (a new worker gets only live calls): free the inputs now
             if call.started_at is not None:
                 raise Timeout("inference did not finish within the request's deadline; its result will be "
                               "discarded") from None
@@ -457,9 +474,7 @@ class ProcessRunner:
     def _fail_pending(self, error: MLComponentError) -> None:
         """No worker will run the calls waiting: each gets ``error``."""
         while self._pending:
-            call = self._pending.popleft()
-            if call.overrun is not None:
-                call.overrun.cancel()
+            call = self._pop()
             if not call.abandoned and not call.future.done():
                 call.future.set_exception(error)
 
@@ -510,11 +525,28 @@ class ProcessRunner:
             pipe.memory_peak = rss
             pipe.kill()
 
-        def under() -> None:
-            pipe.under_at = asyncio.get_running_loop().time()
-
-        task = asyncio.ensure_future(memory.watch(pid, limit, lambda: bool(self._pending), over, under))
+        task = asyncio.ensure_future(memory.watch(pid, limit, lambda: bool(self._pending), over))
         task.add_done_callback(_log_failure)
+
+    def _grown_while_idle(self, pipe: WorkerProtocol) -> bool:
+        """Before an idle worker gets a call, one look at its tree (the watch looks only every
+        ``IDLE_INTERVAL`` while idle): memory taken since its last call (threads or processes that call
+        left) must not be charged to this one. Replaces it when over. Between pipelined calls the worker's own
+        check does this (``OverMemory.between_calls``)."""
+        limit = self.config.memory_limit
+        pid = pipe.transport.get_pid() if pipe.transport is not None else None
+        if limit is None or pid is None or not memory.can_watch():
+            return False
+        rss = memory.tree_rss(pid)
+        if rss is None or rss <= limit:
+            return False
+        log.warning("the idle worker for %s (pid %s) and its descendants grew to %.0f MiB, over the memory limit (%s),"
+                    " after its last call; replacing it before the next call", self.name, pid, rss / memory.MB,
+                    self._limit_text())
+        pipe.memory_peak = rss
+        pipe.retiring = True  # no call of ours runs in it
+        pipe.kill()
+        return True
 
     def _overran(self, call: _Call) -> None:
         """The running call has run for --timeout: stop its worker by force (the only path that does)."""
@@ -531,22 +563,6 @@ class ProcessRunner:
                     self.name, self.run_limit, self.pid)
         pipe.kill()
 
-    def _resend_once(self, pipe: WorkerProtocol, running: _Call) -> bool:
-        """Whether the call running when the watch stopped its worker for memory goes to the next worker
-        instead of failing: the watch last saw the worker within the limit *before* the call started, so the
-        growth may be another's (threads an earlier call left). Once only: a call that grows again is blamed."""
-        if pipe.memory_peak is None or pipe.stopped_because is not None or running.resent:
-            return False
-        if running.started_at is not None and pipe.under_at is not None and pipe.under_at > running.started_at:
-            return False  # within the limit while this call ran: the growth is its own
-        running.resent = True
-        running.started_at = None
-        if running.overrun is not None:
-            running.overrun.cancel()
-        log.warning("the worker for %s went over the memory limit just as a call started; it cannot be told whose "
-                    "growth it was, so that call is sent once more to the new worker", self.name)
-        return True
-
     def _on_lost(self, pipe: WorkerProtocol) -> None:
         if pipe is not self._pipe:
             return  # a worker that never became the current one (failed start)
@@ -559,10 +575,8 @@ class ProcessRunner:
         self._move(WorkerState.DEAD)
         self._starting = None
         error = self._death_error(pipe)
-        if self._pending and not pipe.retiring and not self._resend_once(pipe, self._pending[0]):
-            running = self._pending.popleft()
-            if running.overrun is not None:
-                running.overrun.cancel()
+        if self._pending and not pipe.retiring:
+            running = self._pop()
             if not running.abandoned and not running.future.done():
                 running.future.set_exception(error)
         self.observer.worker_restarted()

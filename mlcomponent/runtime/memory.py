@@ -20,6 +20,7 @@ kills there are recognised from ``memory.events`` (``oom_kill``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,14 +52,13 @@ def tree_rss(pid: int) -> int | None:
     return total + sum(process_rss(child) or 0 for child in descendants(pid))
 
 
+@functools.cache
 def can_watch() -> bool:
     return Path(f"/proc/{os.getpid()}/statm").exists()
 
 
-async def watch(pid: int, limit: int, busy: Callable[[], bool], over: Callable[[int], None],
-                under: Callable[[], None] = lambda: None) -> None:
-    """Call ``over(rss)`` once the tree of ``pid`` passes ``limit`` bytes (``under()`` after each look that
-    finds it within); return when the process is gone."""
+async def watch(pid: int, limit: int, busy: Callable[[], bool], over: Callable[[int], None]) -> None:
+    """Call ``over(rss)`` once the tree of ``pid`` passes ``limit`` bytes; return when the process is gone."""
     while True:
         await asyncio.sleep(BUSY_INTERVAL if busy() else IDLE_INTERVAL)
         rss = tree_rss(pid)
@@ -67,7 +67,6 @@ async def watch(pid: int, limit: int, busy: Callable[[], bool], over: Callable[[
         if rss > limit:
             over(rss)
             return
-        under()
 
 
 def oom_kills() -> int | None:

@@ -64,7 +64,7 @@ def make_runner(settings: Settings, model_key: str, observer: Observer | None = 
     for name in settings.secret_env_names:  # user code runs in this process: it must not see them
         os.environ.pop(name, None)
     function, spec = load_function_and_spec(settings)
-    return InProcessRunner(function, spec, model_key)
+    return InProcessRunner(function, spec, model_key, run_limit=settings.options.timeout)
 
 
 async def check_entry_point(settings: Settings) -> None:
