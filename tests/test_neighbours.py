@@ -20,15 +20,20 @@ import httpx
 import pytest
 from open_inference.grpc import protocol as pb
 
-from tests.support import deadline_us, free_port, serve, wait_ready, write_manifest
+from tests.support import (
+    call,
+    calls_logged,
+    deadline_us,
+    free_port,
+    poll,
+    restarts,
+    serve,
+    wait_ready,
+    write_manifest,
+)
 from tests.test_grpc import GrpcServer, request
-from tests.test_hostile import call, poll, restarts
 
 MODEL = "test-model"
-
-
-def calls_logged(log: Path) -> list[str]:
-    return log.read_text().split("\n")[:-1] if log.exists() else []
 
 
 def rpc(server: GrpcServer, do: str, **params: Any) -> tuple[grpc.StatusCode, str]:

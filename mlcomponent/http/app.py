@@ -56,7 +56,7 @@ async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) 
 def create_app(service: Service, metrics: Metrics, transports: Sequence[Transport] = ()) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
-    infer = InferEndpoint(plane, options.max_json_body, options.max_upload)
+    infer = InferEndpoint(plane, options.max_json_body_bytes, options.max_upload_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mlcomponent.settings import OPTIONS_ENV, ServeOptions
+from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
 
 PROTOCOL = "mlcomponent.http.connections:GuardedHttpToolsProtocol"
 REPORT_EVERY = 10.0  # seconds between two log lines of one kind
@@ -69,9 +69,7 @@ class Guard:
 
     @classmethod
     def from_environ(cls) -> Guard:
-        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else None
-        if options is None:
-            return cls(10.0, 30.0, default_max_connections())
+        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else DEFAULTS
         return cls(options.header_timeout, options.body_timeout,
                    options.max_connections or default_max_connections())
 

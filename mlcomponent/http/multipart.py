@@ -15,6 +15,7 @@ import orjson
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from mlcomponent.errors import BadRequest, PayloadTooLarge
+from mlcomponent.options import DEFAULTS
 from mlcomponent.runtime.files import RequestFiles
 
 
@@ -94,7 +95,7 @@ class _Reader:
 
 
 async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
-                         max_json: int, max_upload: int, max_parts: int = 64) -> dict[str, Any]:
+                         max_json: int, max_upload: int, max_parts: int = DEFAULTS.max_inputs) -> dict[str, Any]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:

@@ -6,19 +6,16 @@ the Starlette routes, so an error looks and is logged the same wherever it happe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import orjson
 from starlette.types import Scope, Send
 
-from mlcomponent.errors import BadFunctionOutput, FunctionFailed, MethodNotAllowed, MLComponentError, NotReady
-from mlcomponent.logs import request_id
 from mlcomponent.protocol import binary
 from mlcomponent.protocol.response import encode_response
 from mlcomponent.protocol.types import InferenceResponse
+from mlcomponent.serving.errors import describe
 
-log = logging.getLogger("mlcomponent.http")
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 HIDE_ERRORS = "mlcomponent.hide_errors"  # set in the scope by the gateway under ``serve --hide-errors``
@@ -31,41 +28,16 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def hidden_message(error: Exception) -> str | None:
-    """Under ``--hide-errors``: what a 500 tells the client instead of its message (None: shown as it is).
-
-    The function's own words (an exception's message, a malformed output) stay in the
-    log; the client gets the exception's type and the request id to quote.
-    """
-    if isinstance(error, FunctionFailed):
-        what = f"inference raised {error.exception_type}"
-    elif isinstance(error, BadFunctionOutput):
-        what = "inference returned a malformed output"
-    elif not isinstance(error, MLComponentError):
-        what = f"internal error ({type(error).__name__})"
-    else:
-        return None  # our own messages (a worker that died, the memory limit) carry nothing of the module's
-    return f"{what}; the details are in the service's log under request id {request_id.get() or '-'}"
-
-
 def error_payload(error: Exception, scope: Scope) -> tuple[int, bytes, Headers]:
-    """Status, ``{"error": ...}`` body and headers (Retry-After on 503) for any error; 5xx are logged."""
-    where = f"{scope.get('method', '')} {scope.get('path', '')}"
-    hidden = hidden_message(error) if scope.get(HIDE_ERRORS) else None
-    if not isinstance(error, MLComponentError):
-        log.error("unexpected error on %s", where, exc_info=error)
-        message = hidden or f"internal error: {type(error).__name__}: {error}"
-        return 500, orjson.dumps({"error": message}), list(JSON_HEADERS)
-    if error.status >= 500:
-        log.error("%s -> %s: %s", where, error.status, error.message)
-    if hidden is not None:
-        return error.status, orjson.dumps({"error": hidden}), list(JSON_HEADERS)
+    """Status, ``{"error": ...}`` body and headers (Retry-After on 503, Allow on 405) for any error;
+    ``serving/errors.py`` decides status and message (and logs 5xx)."""
+    failure = describe(error, f"{scope.get('method', '')} {scope.get('path', '')}", bool(scope.get(HIDE_ERRORS)))
     headers = list(JSON_HEADERS)
-    if isinstance(error, NotReady) and error.retry_after is not None:
-        headers.append((b"retry-after", str(error.retry_after).encode()))
-    if isinstance(error, MethodNotAllowed) and error.allow:
-        headers.append((b"allow", error.allow.encode()))
-    return error.status, orjson.dumps({"error": error.message}), headers
+    if failure.retry_after is not None:
+        headers.append((b"retry-after", str(failure.retry_after).encode()))
+    if failure.allow:
+        headers.append((b"allow", failure.allow.encode()))
+    return failure.status, orjson.dumps({"error": failure.message}), headers
 
 
 def file_url(scope: Scope, model_name: str) -> Callable[[str], str]:

@@ -15,18 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from mlcomponent import __version__
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import NotFound
 from mlcomponent.http.infer import InferEndpoint
-from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.openapi import openapi_document
 from mlcomponent.http.playground import playground_route
 from mlcomponent.metrics import CONTENT_TYPE, Metrics
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.files import KEY_ROOT
-
-EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
+from mlcomponent.serving.metadata import model_metadata, server_metadata
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -49,7 +46,7 @@ class Endpoints:
         return json_response({"ready": ready, **({"reason": reason} if reason else {})}, 200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return json_response({"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS})
+        return json_response(server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
         self.plane.check_model(request.path_params["name"])
