@@ -270,3 +270,27 @@ def test_a_reply_that_would_run_code_fails_only_its_call(shared: tuple[GrpcServe
     assert server.http.process.poll() is None
     assert call(server.http, "echo").status_code == 200
     assert os.path.exists(f"/proc/{server.http.process.pid}")
+
+
+def test_deadlines_over_on_arrival_with_batching_on(tmp_path: Path) -> None:
+    """Batching on (batched.rows merges up to 8 rows): the same 1 µs attackers among innocents, no restart."""
+    log = tmp_path / "batches.log"
+    with serve(write_manifest(tmp_path, "batched.rows"), "--max-batch-delay", "5", data_root=tmp_path / "data",
+               env={"BATCH_LOG": str(log)}) as server:
+        wait_ready(server)
+
+        def one(index: int) -> tuple[bool, int]:
+            attacker = index % 2 == 0
+            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[index, 1]]}],
+                    "parameters": {"timeout": 1} if attacker else {}}
+            answer = httpx.post(server.url + f"/v2/models/{MODEL}/infer", json=body, timeout=60)
+            if not attacker and answer.status_code == 200:
+                assert answer.json()["outputs"][0]["data"] == [index, 1]
+            return attacker, answer.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(40)))
+        assert [status for attacker, status in results if attacker] == [504] * 20
+        assert [status for attacker, status in results if not attacker] == [200] * 20
+        assert restarts(server) == 0
+        assert sum(int(line) for line in log.read_text().split()) == 20  # only the innocents' rows ran
