@@ -205,13 +205,19 @@ def resident(pid: int) -> int:
 # --------------------------------------------------------------------------- 18.4 memory charged to its call
 
 
-def test_a_large_reply_is_charged_to_its_own_call(shared: tuple[GrpcServer, Path]) -> None:
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_a_large_reply_is_charged_to_its_own_call(shared: tuple[GrpcServer, Path], transport: str) -> None:
     """150 MB of reply: small while the function runs, over 256M once encoded. The attacker gets the 500."""
     server, _ = shared
-    large = call(server.http, "big_reply", mb=150)
-    assert large.status_code == 500 and "went over the memory limit" in large.json()["error"], large.text
+    if transport == "rest":
+        large = call(server.http, "big_reply", mb=150)
+        assert large.status_code == 500 and "went over the memory limit" in large.json()["error"], large.text
+    else:
+        code, details = rpc(server, "big_reply", mb=150)
+        assert code == grpc.StatusCode.INTERNAL and "went over the memory limit" in details, details
     with ThreadPoolExecutor(4) as pool:
-        assert [r.status_code for r in pool.map(lambda _: call(server.http, "echo"), range(8))] == [200] * 8
+        assert [r.status_code for r in pool.map(lambda _: call(server.http, "echo"), range(4))] == [200] * 4
+        assert [c for c, _ in pool.map(lambda _: rpc(server, "echo"), range(4))] == [grpc.StatusCode.OK] * 4
 
 
 def test_memory_a_left_thread_takes_fails_no_later_caller(shared: tuple[GrpcServer, Path], tmp_path: Path) -> None:
@@ -270,6 +276,17 @@ def test_a_reply_that_would_run_code_fails_only_its_call(shared: tuple[GrpcServe
     assert server.http.process.poll() is None
     assert call(server.http, "echo").status_code == 200
     assert os.path.exists(f"/proc/{server.http.process.pid}")
+
+
+def test_a_reply_that_would_run_code_fails_only_its_call_over_grpc(shared: tuple[GrpcServer, Path]) -> None:
+    server, _ = shared
+    with ThreadPoolExecutor(4) as pool:
+        attacker = pool.submit(rpc, server, "reduce", how="exit")
+        innocents = [pool.submit(rpc, server, "echo") for _ in range(6)]
+        code, details = attacker.result()
+        assert [i.result()[0] for i in innocents] == [grpc.StatusCode.OK] * 6
+    assert code == grpc.StatusCode.INTERNAL and "posix._exit" in details and "cannot read back" in details
+    assert server.http.process.poll() is None
 
 
 def test_deadlines_over_on_arrival_with_batching_on(tmp_path: Path) -> None:

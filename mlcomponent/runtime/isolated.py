@@ -171,6 +171,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.memory_peak: int | None = None  # over the memory limit (its own report, or our watch)
         self.retiring = False  # it said OverMemory and exits by itself: no call of its is running
         self.stopped_because: str | None = None  # we killed it, and why
+        self.killed = False  # SIGKILL sent: no call is written to it any more
         self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,6 +206,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
     def kill(self) -> None:
         """SIGKILL the worker and everything it started: its descendants first (while it lives they
         stay in its tree, ``runtime/tree.py``), then its process group (start_new_session)."""
+        self.killed = True
         pid = self.transport.get_pid() if self.transport is not None else None
         if pid is None or self.transport.get_returncode() is not None:
             return  # gone (and reaped: its pid may already be someone else's)
@@ -427,7 +429,7 @@ class ProcessRunner:
         call = _Call(frame(Call(parameters, inputs, output_fields, wall_deadline)), loop.create_future())
         self._pending.append(call)
         pipe = self._pipe
-        if pipe is None or pipe.retiring or self.state not in (WorkerState.IDLE, WorkerState.RUNNING):
+        if pipe is None or pipe.retiring or pipe.killed or self.state not in (WorkerState.IDLE, WorkerState.RUNNING):
             pass  # the worker is (re)starting or retiring, and _spawn sends every pending call to the next one
         elif self.state is WorkerState.IDLE and self._grown_while_idle(pipe):
             pass  # it is being replaced: the new worker gets this call, which is not charged for what it found
@@ -523,6 +525,8 @@ class ProcessRunner:
             log.warning("worker for %s (pid %s) and its descendants use %.0f MiB, over the memory limit (%s); "
                         "stopping them", self.name, pid, rss / memory.MB, self._limit_text())
             pipe.memory_peak = rss
+            if not self._pending:
+                pipe.retiring = True  # idle: no call of ours is to blame (nor one that arrives before it is gone)
             pipe.kill()
 
         task = asyncio.ensure_future(memory.watch(pid, limit, lambda: bool(self._pending), over))
@@ -575,8 +579,8 @@ class ProcessRunner:
         self._move(WorkerState.DEAD)
         self._starting = None
         error = self._death_error(pipe)
-        if self._pending and not pipe.retiring:
-            running = self._pop()
+        if self._pending and not pipe.retiring and self._pending[0].started_at is not None:
+            running = self._pop()  # the call it was running (one that arrived after a kill was never sent)
             if not running.abandoned and not running.future.done():
                 running.future.set_exception(error)
         self.observer.worker_restarted()
