@@ -322,7 +322,8 @@ def test_the_reserved_timeout_in_microseconds_is_deadline_exceeded_with_our_mess
     assert "did not finish within the request's deadline" in error.details()
     with mc.Client(f"grpc://{server.target}/{MODEL}") as client, pytest.raises(mc.DeadlineExceeded):
         client.infer({"x": [1]}, parameters={"do": "gate", "path": str(gate)}, timeout=0.3)
-    gate.touch()
+    gate.touch()  # the call runs to its end (result discarded); the next one waits its turn behind it
+    assert server.infer(do("echo"), timeout=20).outputs[0].name == "x"
 
 
 def test_a_full_queue_is_unavailable_with_retry_after(behaviours: tuple[GrpcServer, Path]) -> None:

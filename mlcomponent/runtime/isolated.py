@@ -443,16 +443,26 @@ class ProcessRunner:
                 reply = await call.future
             else:
                 reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            self._abandon(call)  # the caller went away (a gRPC client's deadline, a closed connection)
+            raise
         except TimeoutError:
-            call.abandoned = True  # its reply, when it comes, is dropped; the worker is left alone
-            self._abandoned += 1
-            call.frame = b""  # never sent again (a new worker gets only live calls): free the inputs now
+            self._abandon(call)
             if call.started_at is not None:
                 raise Timeout("inference did not finish within the request's deadline; its result will be "
                               "discarded") from None
             raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did not "
                           "run and will not") from None
         return self._result(reply)
+
+    def _abandon(self, call: _Call) -> None:
+        """Nobody waits for ``call`` any more: its reply, when it comes, is dropped; the worker is left alone."""
+        if call.abandoned or call.future.done():
+            return
+        call.abandoned = True
+        if call in self._pending:
+            self._abandoned += 1
+        call.frame = b""  # never sent again (a new worker gets only live calls): free the inputs now
 
     def _result(self, reply: Any) -> Any:
         match reply:
