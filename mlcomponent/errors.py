@@ -87,9 +87,10 @@ class FunctionFailed(MLComponentError):
 
     status = 500
 
-    def __init__(self, message: str, *, exception_type: str = "Exception") -> None:
+    def __init__(self, message: str, *, exception_type: str = "Exception", where: str | None = None) -> None:
         super().__init__(message)
         self.exception_type = exception_type
+        self.where = where  # "predict.py, line 12": the last frame in the module's own code, when known
 
 
 class BadFunctionOutput(MLComponentError):
@@ -122,6 +123,12 @@ class ManifestError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class BoxUnavailable(MLComponentError, ValueError):
+    """A box that cannot be reached or read (an S3 endpoint down, refused credentials): one line."""
+
+    status = 503
 
 
 class EntryPointError(Exception):

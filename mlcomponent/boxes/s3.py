@@ -13,10 +13,10 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mlcomponent.boxes.base import CHUNK, ObjectInfo, check_key
-from mlcomponent.errors import MLComponentError, NotFound
+from mlcomponent.errors import BoxUnavailable, MLComponentError, NotFound
 
 TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK,
                           max_concurrency=2, io_chunksize=256 * 1024, max_io_queue=16)
@@ -24,6 +24,29 @@ TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 *
 
 def _missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def unreachable(error: Exception, box: S3Box) -> BoxUnavailable:
+    """One line for an S3 box that cannot be listed: the endpoint, the credentials or the bucket."""
+    where = f"S3 box {box.name!r} (bucket {box.bucket!r} at {box.client.meta.endpoint_url})"
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                    "ExpiredToken"):
+            return BoxUnavailable(f"{where}: the credentials are refused ({code}); check the access and secret "
+                                  "keys the --boxes file names (accessKeyEnv, secretKeyEnv) or AWS_ACCESS_KEY_ID")
+        if code in ("NoSuchBucket", "404"):
+            return BoxUnavailable(f"{where}: no such bucket; create it, or set `bucket:` for the box in --boxes")
+        return BoxUnavailable(f"{where}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}")
+    return BoxUnavailable(f"{where} cannot be reached ({type(error).__name__}); check `endpoint:` in --boxes, "
+                          "or that the S3 service is up")
+
+
+def _pages(pages: Any, box: S3Box) -> Iterator[Any]:
+    try:
+        yield from pages
+    except (ClientError, BotoCoreError) as error:
+        raise unreachable(error, box) from None
 
 
 class S3Box:
@@ -87,7 +110,7 @@ class S3Box:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self.prefix + (prefix.strip("/") + "/" if prefix.strip("/") else "")
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
-        for page in pages:
+        for page in _pages(pages, self):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix):]
                 if not key.endswith("/"):

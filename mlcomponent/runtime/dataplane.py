@@ -54,6 +54,7 @@ class DataPlane:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.health = Health.STARTING
+        self.reason: str | None = None  # why warm-up failed, in one line: every 503 and readiness answer says it
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
 
@@ -63,13 +64,17 @@ class DataPlane:
         return self.health is Health.READY and not self.runner.stuck and self.runner.unavailable is None
 
     @property
-    def not_ready_because(self) -> str | None:
-        """Why the worker cannot serve, for readiness answers (None when it can; health has its own states)."""
-        if self.runner.unavailable is not None:
-            return self.runner.unavailable
-        if self.runner.stuck:
-            return "a call ran past the service's --timeout and its worker is being replaced"
-        return None
+    def not_ready_reason(self) -> str | None:
+        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up, a
+        worker that cannot be restarted or is being replaced after --timeout)."""
+        if self.ready:
+            return None
+        if self.health is Health.READY:
+            if self.runner.unavailable is not None:
+                return self.runner.unavailable
+            return ("a call ran past the service's --timeout and is being stopped (or, without isolation, still "
+                    "runs); retry shortly")
+        return self.reason
 
     @property
     def queued(self) -> int:
@@ -86,7 +91,8 @@ class DataPlane:
     def admit(self) -> None:
         """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
         if self.health is not Health.READY:  # a worker replaced after a deadline still takes calls: they wait
-            raise NotReady(f"model {self.model_name!r} is not ready ({self.health.value})", retry_after=1)
+            because = f": {self.reason}" if self.reason else f" ({self.health.value})"
+            raise NotReady(f"model {self.model_name!r} is not ready{because}", retry_after=1)
         if self.runner.unavailable is not None:
             raise NotReady(f"model {self.model_name!r} is not ready: {self.runner.unavailable}", retry_after=1)
         if self.runner.waiting >= self.limits.max_queue:

@@ -52,6 +52,7 @@ from mlcomponent.errors import (
     WorkerDied,
 )
 from mlcomponent.runtime import memory
+from mlcomponent.runtime.cause import location, user_traceback
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame, frame_end, load_frame
 from mlcomponent.runtime.messages import (
@@ -469,8 +470,10 @@ class ProcessRunner:
             case Done(outputs):
                 return outputs
             case Raised(exception_type, message, traceback):
-                log.error("inference raised:\n%s", traceback)
-                raise FunctionFailed(f"inference raised {exception_type}: {message}", exception_type=exception_type)
+                root = self.config.python_path
+                log.error("inference raised %s: %s\n%s", exception_type, message, user_traceback(traceback, root))
+                raise FunctionFailed(f"inference raised {exception_type}: {message}", exception_type=exception_type,
+                                     where=location(traceback, root))
             case Invalid(message):
                 raise InvalidInput(message)
             case Expired():
