@@ -111,7 +111,7 @@ def test_prints_do_not_corrupt_the_protocol(hostile: Server) -> None:
 
 
 def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(tmp_path: Path) -> None:
-    """Stopped at the service's --timeout; the child (its own session) goes with it (tests/test_neighbours.py)."""
+    """Stopped at the service's --timeout; the child (its own session) goes with it (tests/test_neighbours_worker.py)."""
     pidfile = tmp_path / "escaped.pid"
     try:
         with serve(write_manifest(tmp_path, "hostile.inference"), "--timeout", "2",

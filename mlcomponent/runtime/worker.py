@@ -27,6 +27,7 @@ from mlcomponent.runtime.messages import BadReturn, Call, Done, Expired, Fatal, 
 from mlcomponent.runtime.tree import become_subreaper, kill_descendants
 
 MB = 1024 * 1024
+FLUSH_AFTER = 0.002  # seconds an answer may wait in the buffer for the answers of a burst behind it
 
 
 def exception_name(error: BaseException) -> str:
@@ -122,11 +123,17 @@ def serve_calls(function: Any, key: str, source: IO[bytes], sink: IO[bytes], spe
     allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
     reader = FrameReader(source.fileno())
 
-    def send(parts: list[Any]) -> None:  # answers to a burst of calls go in one write
+    last_flush = time.monotonic()
+
+    def send(parts: list[Any]) -> None:
+        """Answers to a burst of fast calls go in one write; a slow call's answer goes at once."""
+        nonlocal last_flush
         for part in parts:
             sink.write(part)
-        if not reader.pending:
+        now = time.monotonic()
+        if not reader.pending or now - last_flush > FLUSH_AFTER:
             sink.flush()
+            last_flush = now
 
     while True:
         call = reader.read()
