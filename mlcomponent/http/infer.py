@@ -59,8 +59,8 @@ class InferEndpoint:
             if files is not None and files.in_box:
                 await asyncio.to_thread(files.discard)  # a failed request keeps nothing in the box
         finally:
-            if files is not None:
-                files.cleanup()  # before the answer: a client that saw it finds nothing left behind
+            if files is not None:  # before the answer: a client that saw it finds nothing left behind
+                await asyncio.to_thread(files.cleanup)  # rmtree: never on the event loop
         await respond(send, status, payload, headers)
 
     async def _read_body(self, scope: Scope, receive: Receive, files: RequestFiles) -> Any:

@@ -6,13 +6,21 @@ the Starlette routes, so an error looks and is logged the same wherever it happe
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 
 import orjson
 from starlette.types import Scope, Send
 
-from mlcomponent.errors import BadFunctionOutput, FunctionFailed, MethodNotAllowed, MLComponentError, NotReady
+from mlcomponent.errors import (
+    BadFunctionOutput,
+    DiskFull,
+    FunctionFailed,
+    MethodNotAllowed,
+    MLComponentError,
+    NotReady,
+)
 from mlcomponent.logs import request_id
 from mlcomponent.protocol import binary
 from mlcomponent.protocol.response import encode_response
@@ -22,6 +30,8 @@ log = logging.getLogger("mlcomponent.http")
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 HIDE_ERRORS = "mlcomponent.hide_errors"  # set in the scope by the gateway under ``serve --hide-errors``
+MAX_MESSAGE = 2000  # characters; the values a message echoes are cut shorter still (errors.shown)
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -48,14 +58,30 @@ def hidden_message(error: Exception) -> str | None:
     return f"{what}; the details are in the service's log under request id {request_id.get() or '-'}"
 
 
+def disk_full(error: Exception) -> DiskFull | None:
+    """A full disk (or file-size limit) where request files are written, as a 507 that names no path."""
+    if isinstance(error, OSError) and error.errno in FULL:
+        return DiskFull("the service has no disk space left for this request's files; retry later, or send "
+                        "smaller files")
+    return None
+
+
 def error_payload(error: Exception, scope: Scope) -> tuple[int, bytes, Headers]:
-    """Status, ``{"error": ...}`` body and headers (Retry-After on 503) for any error; 5xx are logged."""
+    """Status, ``{"error": ...}`` body and headers (Retry-After on 503) for any error; 5xx are logged.
+
+    An unexpected error's own text (often a server path) goes to the log only.
+    """
     where = f"{scope.get('method', '')} {scope.get('path', '')}"
-    hidden = hidden_message(error) if scope.get(HIDE_ERRORS) else None
     if not isinstance(error, MLComponentError):
-        log.error("unexpected error on %s", where, exc_info=error)
-        message = hidden or f"internal error: {type(error).__name__}: {error}"
-        return 500, orjson.dumps({"error": message}), list(JSON_HEADERS)
+        full = disk_full(error)
+        if full is None:
+            log.error("unexpected error on %s", where, exc_info=error)
+            message = (f"internal error ({type(error).__name__}); the details are in the service's log under "
+                       f"request id {request_id.get() or '-'}")
+            return 500, orjson.dumps({"error": message}), list(JSON_HEADERS)
+        log.error("%s -> 507: %s", where, error)
+        error = full
+    hidden = hidden_message(error) if scope.get(HIDE_ERRORS) else None
     if error.status >= 500:
         log.error("%s -> %s: %s", where, error.status, error.message)
     if hidden is not None:
@@ -65,7 +91,8 @@ def error_payload(error: Exception, scope: Scope) -> tuple[int, bytes, Headers]:
         headers.append((b"retry-after", str(error.retry_after).encode()))
     if isinstance(error, MethodNotAllowed) and error.allow:
         headers.append((b"allow", error.allow.encode()))
-    return error.status, orjson.dumps({"error": error.message}), headers
+    message = error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "…"
+    return error.status, orjson.dumps({"error": message}), headers
 
 
 def file_url(scope: Scope, model_name: str) -> Callable[[str], str]:

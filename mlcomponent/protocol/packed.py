@@ -21,6 +21,8 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
+from mlcomponent.errors import shown
+
 TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
 NUMPY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4"}
 ITEMSIZE = {"FP32": 4, "FP64": 8, "INT32": 4}
@@ -150,7 +152,7 @@ def packed_problem(packed: Packed, allow_nan: bool) -> str | None:
         return None
     code = "<f" if packed.datatype == "FP32" else "<d"
     (value,) = struct.unpack_from(code, packed.raw, index * ITEMSIZE[packed.datatype])
-    return f"element {index} is {value!r}; {packed.datatype} values must be finite"
+    return f"element {index} is {shown(value)}; {packed.datatype} values must be finite"
 
 
 def bounds(packed: Packed) -> tuple[float, float]:
