@@ -149,6 +149,16 @@ def validate(manifest: str) -> None:
 @click.option("--body-timeout", default=30.0, show_default=True, type=float,
               help="Seconds a request's body may stop arriving.")
 @click.option("--max-connections", type=int, help="Open connections per worker. Default: half the open-file limit.")
+@click.option("--max-header-bytes", default=64 * 1024, show_default=True, type=click.IntRange(1024),
+              help="Size of a request's headers, bytes (431 past it).")
+@click.option("--max-headers", default=100, show_default=True, type=click.IntRange(1),
+              help="Header fields per request (431 past it).")
+@click.option("--min-body-rate", default=1024.0, show_default=True, type=click.FloatRange(0),
+              help="Bytes/s a request body must average over each --body-timeout window.")
+@click.option("--write-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds an answer may wait for its client to read it before the connection is closed.")
+@click.option("--memory-budget", type=click.IntRange(1), help="MB of request bodies and answers held by each HTTP "
+              "worker before large requests get 503. Default: half of resourceLimits.memory (at least 64).")
 @click.option("--grpc-port", type=int, help="Also serve the protocol's gRPC service on this port (off by default).")
 def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
           workers: int | None,
@@ -157,7 +167,8 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
           log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
           isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool, no_limits: bool,
           hide_errors: bool, keep_files: str, header_timeout: float, body_timeout: float,
-          max_connections: int | None, grpc_port: int | None) -> None:
+          max_connections: int | None, max_header_bytes: int, max_headers: int, min_body_rate: float,
+          write_timeout: float, memory_budget: int | None, grpc_port: int | None) -> None:
     """Serve MANIFEST's inference function over HTTP."""
     import asyncio
 
@@ -186,7 +197,9 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
         hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
         max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay,
-        grpc_port=grpc_port)
+        grpc_port=grpc_port, max_header_bytes=max_header_bytes, max_headers=max_headers,
+        min_body_rate=min_body_rate, write_timeout=write_timeout,
+        memory_budget=memory_budget * MB if memory_budget else None)
     configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)

@@ -54,6 +54,11 @@ class ServeOptions:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int | None = None  # None: from the open-file limit
+    max_header_bytes: int = 64 * 1024  # a request's head (request line and headers), bytes
+    max_headers: int = 100  # header fields per request
+    min_body_rate: float = 1024.0  # bytes/s a body must average over each --body-timeout window
+    write_timeout: float = 30.0  # seconds an answer may wait for its client to read
+    memory_budget: int | None = None  # bytes of bodies and answers the HTTP process holds; None: from the manifest
     max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
     max_batch_delay: float | None = None  # milliseconds
     grpc_port: int | None = None  # the protocol's gRPC service beside HTTP (off unless asked)

@@ -19,6 +19,7 @@ import orjson
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from mlcomponent.errors import BadRequest, PayloadTooLarge, shown
+from mlcomponent.http.budget import JSON_EXPANSION, Hold
 from mlcomponent.runtime.files import RequestFiles
 
 MAX_BOUNDARY = 256  # bytes; RFC 2046 allows 70, and the parser refuses more than 256
@@ -100,7 +101,8 @@ class _Reader:
 
 
 async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
-                         max_json: int, max_upload: int, max_parts: int = 64) -> dict[str, Any]:
+                         max_json: int, max_upload: int, max_parts: int = 64,
+                         hold: Hold | None = None) -> dict[str, Any]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -125,6 +127,8 @@ async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], file
         raise BadRequest(f"malformed multipart body: {shown(str(error), 200)}") from None
     finally:
         await asyncio.to_thread(reader.close)
+    if hold is not None:
+        hold.take(len(reader.json) * JSON_EXPANSION)
     body = _request_json(bytes(reader.json)) if reader.saw_request else {"inputs": []}
     merged: dict[str, Any] = _merge_uploads(body, files)
     return merged
