@@ -198,7 +198,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting_for_headers = True
         self.idle_since = self.phase_since = self.loop.time()
         self.phase_bytes = 0
-        self._cancel_timers()
+        self._cancel_timers(writing=False)  # an answer may still be on its way out
         self.header_timer = self.loop.call_later(self.guard.header_timeout, self._headers_too_slow)
 
     def _headers_too_slow(self) -> None:
@@ -328,13 +328,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.write_timer = None
         if self.transport.is_closing():
             return
-        self.guard.report("write", f"closed the connection from {_peer(self.client)}: it read none of its answer "
+        self.guard.report("write", f"closed the connection from {_peer(self.client)}: it did not read its answer "
                                    f"for {self.guard.write_timeout:g} s (--write-timeout)")
         self._cancel_timers()
         self.transport.abort()  # frees the answer held in the transport's buffer
 
-    def _cancel_timers(self) -> None:
-        for timer in (self.header_timer, self.body_timer, self.write_timer):
+    def _cancel_timers(self, writing: bool = True) -> None:
+        for timer in (self.header_timer, self.body_timer, self.write_timer if writing else None):
             if timer is not None:
                 timer.cancel()
-        self.header_timer = self.body_timer = self.write_timer = None
+        self.header_timer = self.body_timer = None
+        if writing:
+            self.write_timer = None
