@@ -8,17 +8,21 @@ from __future__ import annotations
 import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.support import Server, serve, write_manifest
+from tests.conftest import S3_ENV, S3Endpoint
+from tests.support import Server, free_port, serve, stop_group, wait_until_live, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -333,3 +337,88 @@ def test_a_client_chosen_html_output_is_downloaded_as_an_attachment_with_nosniff
     assert page.headers["content-disposition"].startswith("attachment;")
     assert text.status_code == 200 and text.headers["x-content-type-options"] == "nosniff"
     assert "content-disposition" not in text.headers
+
+
+# --------------------------------------------------------------------------- a full disk, S3 down
+
+FILE_SIZE_LIMIT = '''
+import os, resource
+if os.environ.get("FILE_SIZE_LIMIT"):  # no tmpfs to fill (not root): the same failure, as EFBIG
+    limit = int(os.environ["FILE_SIZE_LIMIT"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+'''
+
+
+@contextmanager
+def small_disk(folder: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A 5 MB tmpfs under ``folder`` (root), else a 5 MB file-size limit on the server's processes."""
+    disk = folder / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)],
+                                                    capture_output=True).returncode == 0
+    site = folder / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FILE_SIZE_LIMIT)
+    env = {} if mounted else {"FILE_SIZE_LIMIT": str(5 * MB), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    try:
+        yield disk, env
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_507_naming_no_path_and_other_clients_are_served(tmp_path: Path) -> None:
+    """A 20 MB upload onto a 5 MB disk: 507 (before: a 400 "malformed multipart body" or a 500 naming two
+    server paths); health probes meanwhile, and a small upload after, are served."""
+    with small_disk(tmp_path) as (disk, env), serve(write_manifest(tmp_path, "files_echo.inference"),
+                                                    data_root=disk / "data", env=env) as server:
+        with ThreadPoolExecutor(1) as pool:
+            attack = pool.submit(lambda: httpx.post(server.url + INFER, files={"doc": ("big.bin", b"\0" * 20 * MB)},
+                                                    timeout=120))
+            probes = [httpx.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
+            full = attack.result()
+        small = httpx.post(server.url + INFER, files={"doc": ("a.txt", b"hello")}, timeout=60)
+        paths = [str(disk), str(tmp_path), "/tmp/"]
+    assert full.status_code == 507, full.text[:300]
+    assert "disk space" in full.json()["error"]
+    assert not any(path in full.text for path in paths), full.text
+    assert probes == [200] * 10
+    assert small.status_code == 200, small.text[:300]
+
+
+def test_s3_down_is_503_naming_neither_endpoint_nor_bucket(tmp_path: Path) -> None:
+    """The file box's S3 stops: a call that needs it gets 503 + Retry-After naming the box, not the endpoint,
+    bucket or keys' location (before: a 500 with the endpoint URL, bucket and keys); others are served."""
+    port = free_port()
+    with (tmp_path / "moto.log").open("wb") as sink:
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **S3_ENV})
+    try:
+        endpoint = S3Endpoint(f"http://127.0.0.1:{port}")
+        wait_until_live(endpoint.url, moto, tmp_path / "moto.log", path="/moto-api/")
+        endpoint.bucket("hidden-bucket-7")
+        endpoint.client.put_object(Bucket="hidden-bucket-7", Key="inbox/note.txt", Body=b"a note")
+        boxes = tmp_path / "boxes.yaml"
+        boxes.write_text(f"boxes:\n  users:\n    s3:\n      endpoint: {endpoint.url}\n      region: us-east-1\n"
+                         "      bucket: hidden-bucket-7\n      accessKeyEnv: BOX_KEY\n      secretKeyEnv: BOX_SECRET\n")
+        request = {"inputs": [{"name": "doc", "datatype": "FILE", "shape": [1], "data": "inbox/note.txt"}],
+                   "outputs": [{"name": "size"}]}
+        with serve(write_manifest(tmp_path, "files_echo.inference"), "--boxes", str(boxes),
+                   data_root=tmp_path / "data", env=endpoint.server_env) as server:
+            assert httpx.post(server.url + INFER, json=request, timeout=60).status_code == 200
+            stop_group(moto)
+            with ThreadPoolExecutor(1) as pool:
+                attack = pool.submit(lambda: httpx.post(server.url + INFER, json=request, timeout=120))
+                probes = [httpx.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
+                down = attack.result()
+    finally:
+        stop_group(moto)
+    assert down.status_code == 503, down.text[:300]
+    assert down.headers["retry-after"] == "5"
+    message = down.json()["error"]
+    assert "'users'" in message and "retry" in message
+    for secret in (str(port), "hidden-bucket-7", "127.0.0.1", "http"):
+        assert secret not in message, message
+    assert probes == [200] * 10
