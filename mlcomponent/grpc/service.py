@@ -174,7 +174,7 @@ class InferenceService:
         try:
             return await self.plane.infer(body, files, arrived=arrived)
         finally:
-            await asyncio.to_thread(files.cleanup)  # rmtree: never on the event loop
+            files.cleanup()
 
     def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
         def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any,
