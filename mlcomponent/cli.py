@@ -1,18 +1,21 @@
-"""The command line: the only place argv is parsed and the layers are wired together."""
+"""The command line: the only place argv is parsed; ``serve`` checks what can refuse to start,
+then runs uvicorn over ``process.py``, which wires one serving process's layers."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import Field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args, get_type_hints
 
 import click
 
 from mlcomponent import __version__
 from mlcomponent.errors import EntryPointError, ManifestError
-from mlcomponent.settings import MB, ServeOptions, Settings
+from mlcomponent.options import OPTIONS_ENV, Cli, ServeOptions, cli_of, declared, flag
+from mlcomponent.settings import Settings
 
 # Modules that come with an extra, not with mlcomponent itself: which extra to install.
 EXTRAS = {"kopf": "kubernetes", "kubernetes": "kubernetes"}
@@ -110,100 +113,85 @@ def validate(manifest: str) -> None:
         click.echo(f"{entry.python_function}: no docstring specification; requests will not be validated")
 
 
+def _click_param(declaration: Field[Any], owner: type = ServeOptions) -> Callable[[Callable[..., Any]],
+                                                                               Callable[..., Any]]:
+    """The click option (or argument) for one declared serve option: flags, type, default and help."""
+    cli = cli_of(declaration)
+    if cli.argument:
+        return click.argument(declaration.name)
+    kind = _field_type(declaration, owner)
+    names = [flag(declaration.name), *cli.flags]
+    kwargs: dict[str, Any] = {"help": declaration.metadata["help"], "metavar": cli.metavar}
+    if kind is bool:
+        off = f"--no-{declaration.name.replace('_', '-')}" if cli.off is None else cli.off
+        names = [f"{names[0]}/{off}" if off else names[0], *cli.flags]
+        kwargs.update(is_flag=True, default=declaration.default, show_default=bool(off))
+    else:
+        kwargs.update(type=_click_type(kind, cli), default=declaration.default,
+                      show_default=cli.shown is not None or declaration.default is not None)
+        if cli.shown is not None:
+            kwargs["default"] = cli.shown
+    return click.option(*names, declaration.name, **kwargs)
+
+
+def _field_type(declaration: Field[Any], owner: type) -> type:
+    """``int | None`` -> int: the type a command-line value has."""
+    hint = get_type_hints(owner)[declaration.name]
+    kinds = [kind for kind in get_args(hint) if kind is not type(None)] or [hint]
+    return cli_of(declaration).takes or kinds[0]
+
+
+def _click_type(kind: type, cli: Cli) -> Any:
+    if cli.choices:
+        return click.Choice(list(cli.choices))
+    if cli.path is not None:
+        return click.Path(dir_okay=cli.path == "dir", file_okay=cli.path == "file", exists=cli.path == "file")
+    if kind is int and (cli.low is not None or cli.high is not None):
+        return click.IntRange(cli.low, cli.high)
+    return kind
+
+
+def _serve_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every declared serve option on the command, in declaration order."""
+    for declaration in reversed(declared()):
+        command = _click_param(declaration)(command)
+    return command
+
+
+def _options_from_cli(values: dict[str, Any]) -> ServeOptions:
+    """The command line's values as ``ServeOptions`` (each declared ``parse`` applied: paths, durations)."""
+    parsed = {}
+    for declaration in declared():
+        value, parse = values[declaration.name], cli_of(declaration).parse
+        try:
+            parsed[declaration.name] = parse(value) if parse is not None and value is not None else value
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint=flag(declaration.name)) from None
+    return ServeOptions(**parsed)
+
+
 @main.command()
-@click.argument("manifest")
-@click.option("--module-root", type=click.Path(file_okay=False), help="Folder pythonPath is relative to. "
-              "Default: the manifest's folder.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder for local boxes, caches and "
-              "request files. Default: data/ beside the manifest.")
-@click.option("--boxes", type=click.Path(dir_okay=False, exists=True), help="YAML mapping box names to S3 or folders.")
-@click.option("--workers", type=int, help="Worker processes. Default: the manifest's cpu limit in whole cores.")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Deadline per request, in seconds (504 past it); 0: none.")
-@click.option("--max-queue", default=64, show_default=True, type=int, help="Requests waiting per worker before 503.")
-@click.option("--max-json-body", default=64, show_default=True, type=int, help="JSON body limit, MB.")
-@click.option("--max-upload", default=1024, show_default=True, type=int, help="File upload limit, MB.")
-@click.option("--max-inputs", default=64, show_default=True, type=int, help="Inputs per request.")
-@click.option("--max-elements", default=16 * 1024 * 1024, show_default=True, type=int, help="Elements per input.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", default="info", show_default=True)
-@click.option("--auth-token-env", help="Env var holding a bearer token required on data endpoints.")
-@click.option("--auth-token-file", type=click.Path(dir_okay=False, exists=True), help="File holding that token.")
-@click.option("--grace-period", default=30.0, show_default=True, type=float, help="Seconds to drain on SIGTERM.")
-@click.option("--isolate/--no-isolate", default=True, show_default=True,
-              help="Run the function in a child process (crash isolation, hard timeouts).")
-@click.option("--max-batch-size", type=int, help="Rows per merged call, overriding the docstring's Batching "
-              "(1: no merging).")
-@click.option("--max-batch-delay", type=float, help="Milliseconds a request may wait for its batch to fill, "
-              "overriding the docstring's Batching.")
-@click.option("--reload", is_flag=True, help="Restart when the module's files change (development).")
-@click.option("--no-limits", is_flag=True, help="Do not hold the manifest's memory limit on the inference worker.")
-@click.option("--hide-errors", is_flag=True, help="Answer a failed call with its exception type and request id "
-              "only; the message goes to the log.")
-@click.option("--keep-files", default="24h", show_default=True, metavar="DURATION",
-              help="How long the file box keeps uploads and outputs (e.g. 30m, 24h, 7d, forever).")
-@click.option("--header-timeout", default=10.0, show_default=True, type=float,
-              help="Seconds a request's headers may take to arrive.")
-@click.option("--body-timeout", default=30.0, show_default=True, type=float,
-              help="Seconds a request's body may stop arriving.")
-@click.option("--max-connections", type=int, help="Open connections per worker. Default: half the open-file limit.")
-@click.option("--max-header-bytes", default=64 * 1024, show_default=True, type=click.IntRange(1024),
-              help="Size of a request's headers, bytes (431 past it).")
-@click.option("--max-headers", default=100, show_default=True, type=click.IntRange(1),
-              help="Header fields per request (431 past it).")
-@click.option("--min-body-rate", default=1024.0, show_default=True, type=click.FloatRange(0),
-              help="Bytes/s a request body must average over each --body-timeout window.")
-@click.option("--write-timeout", default=30.0, show_default=True, type=float,
-              help="Seconds an answer may wait for its client to read it before the connection is closed.")
-@click.option("--memory-budget", type=click.IntRange(1), help="MB of request bodies and answers held by each HTTP "
-              "worker before large requests get 503. Default: half of resourceLimits.memory (at least 64).")
-@click.option("--grpc-port", type=int, help="Also serve the protocol's gRPC service on this port (off by default).")
-def serve(manifest: str, module_root: str | None, host: str, port: int, data_root: str | None, boxes: str | None,
-          workers: int | None,
-          timeout: float | None, max_queue: int, max_json_body: int, max_upload: int, max_inputs: int,
-          max_elements: int, log_format: str,
-          log_level: str, auth_token_env: str | None, auth_token_file: str | None, grace_period: float,
-          isolate: bool, max_batch_size: int | None, max_batch_delay: float | None, reload: bool, no_limits: bool,
-          hide_errors: bool, keep_files: str, header_timeout: float, body_timeout: float,
-          max_connections: int | None, max_header_bytes: int, max_headers: int, min_body_rate: float,
-          write_timeout: float, memory_budget: int | None, grpc_port: int | None) -> None:
-    """Serve MANIFEST's inference function over HTTP."""
+@_serve_options
+def serve(**values: Any) -> None:
+    """Serve MANIFEST's inference function over HTTP, and gRPC with --grpc-port."""
+    from mlcomponent.logs import configure_logging
+
+    options = _options_from_cli(values)
+    configure_logging(options.log_format, options.log_level)
+    settings = _prepare(options)
+    _run(options, settings)
+
+
+def _prepare(options: ServeOptions) -> Settings:
+    """Everything that can refuse to start, before anything starts or is announced."""
     import asyncio
 
-    import uvicorn
-
-    from mlcomponent.http.connections import PROTOCOL
-    from mlcomponent.http.server import run as run_server
-    from mlcomponent.logs import configure_logging
     from mlcomponent.runtime.retention import sweep_request_folders
     from mlcomponent.runtime.service import check_entry_point
-    from mlcomponent.settings import OPTIONS_ENV, parse_duration
 
-    try:
-        keep_seconds = parse_duration(keep_files)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--keep-files") from None
-
-    options = ServeOptions(
-        manifest=str(Path(manifest).resolve()), module_root=str(Path(module_root).resolve()) if module_root else None,
-        host=host, port=port,
-        data_root=str(Path(data_root).resolve()) if data_root else None,
-        boxes=str(Path(boxes).resolve()) if boxes else None, workers=workers, timeout=timeout or None,
-        max_queue=max_queue, max_json_body=max_json_body * MB, max_upload=max_upload * MB,
-        max_inputs=max_inputs, max_elements=max_elements,
-        log_format=log_format, log_level=log_level, auth_token_env=auth_token_env,
-        auth_token_file=auth_token_file, grace_period=grace_period, isolate=isolate, limits=not no_limits,
-        hide_errors=hide_errors, keep_files=keep_seconds, header_timeout=header_timeout, body_timeout=body_timeout,
-        max_connections=max_connections, max_batch_size=max_batch_size, max_batch_delay=max_batch_delay,
-        grpc_port=grpc_port, max_header_bytes=max_header_bytes, max_headers=max_headers,
-        min_body_rate=min_body_rate, write_timeout=write_timeout,
-        memory_budget=memory_budget * MB if memory_budget else None)
-    configure_logging(log_format, log_level)
     try:
         settings = Settings.build(options, os.environ)
-        _check_can_listen(host, port)  # before anything starts or is announced
+        _check_can_listen(options.host, options.port)  # before anything starts or is announced
         _check_writable(settings.data_root)
         asyncio.run(check_entry_point(settings))
         _sync_mounts(settings)
@@ -214,16 +202,27 @@ def serve(manifest: str, module_root: str | None, host: str, port: int, data_roo
         _fail(f"cannot start: {error}")
     except ValueError as error:
         _fail(f"cannot start: {_one_line(error)}")
+    return settings
+
+
+def _run(options: ServeOptions, settings: Settings) -> None:
+    """uvicorn over ``process.py``'s app, in ``settings.workers`` processes (one with --reload)."""
+    import uvicorn
+
+    from mlcomponent.http.connections import PROTOCOL
+    from mlcomponent.http.server import run as run_server
+
     os.environ[OPTIONS_ENV] = options.to_env()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_fresh_metrics_dir(settings.data_root)))
+    host, port, grpc_port, reload = options.host, options.port, options.grpc_port, options.reload
     click.echo(f"serving {settings.model_name} on http://{host}:{port}"
                f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
-               f"(workers: {settings.workers}, isolated: {isolate}, data: {settings.data_root})", err=True)
+               f"(workers: {settings.workers}, isolated: {options.isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
-        "mlcomponent.http.factory:app", factory=True, host=host, port=port, http=PROTOCOL,
+        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL,
         workers=1 if reload else settings.workers, access_log=False, log_config=None,
-        timeout_graceful_shutdown=int(grace_period), reload=reload,
+        timeout_graceful_shutdown=int(options.grace_period), reload=reload,
         reload_dirs=[str(settings.module_root)] if reload else None,
         reload_includes=["*.py", "*.yaml", "*.yml"] if reload else None,
     ))

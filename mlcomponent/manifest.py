@@ -179,8 +179,14 @@ def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
     Works on the raw mapping (defensively), so these problems are reported together
     with the per-field ones instead of only after those are fixed.
     """
-    problems: list[Problem] = _nul_problems(data, ())
-    env = _get(data, "spec", "env")
+    boxes = _get(data, "spec", "connectedBoxes")
+    boxes = [b if isinstance(b, dict) else {} for b in boxes] if isinstance(boxes, list) else []
+    return (_nul_problems(data, ()) + _env_problems(_get(data, "spec", "env")) + _box_problems(boxes)
+            + _box_reference_problems(data, boxes) + _model_box_problems(data, boxes))
+
+
+def _env_problems(env: Any) -> list[Problem]:
+    problems: list[Problem] = []
     seen_env: dict[str, int] = {}
     for index, item in enumerate(env if isinstance(env, list) else []):
         name = item.get("name") if isinstance(item, dict) else None
@@ -189,8 +195,12 @@ def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
                                     f"(also env[{seen_env[name]}]); Kubernetes refuses a name given twice"))
         if isinstance(name, str):
             seen_env.setdefault(name, index)
-    boxes = _get(data, "spec", "connectedBoxes")
-    boxes = [b if isinstance(b, dict) else {} for b in boxes] if isinstance(boxes, list) else []
+    return problems
+
+
+def _box_problems(boxes: list[dict[str, Any]]) -> list[Problem]:
+    """Each box on its own: a unique name, exactly one of mount and copy, a path when mounted."""
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, box in enumerate(boxes):
         loc: Loc = ("spec", "connectedBoxes", index)
@@ -208,28 +218,42 @@ def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
         if mount is not None and box.get("path") is None:
             problems.append(Problem(loc + ("path",), f"box {name!r} uses mountS3Box and needs "
                                     "`path`, the folder where it appears"))
-    names = [b.get("name") for b in boxes if isinstance(b.get("name"), str)]
-    inference_loc = ("spec", "mlService", "inference")
+    return problems
+
+
+_INFERENCE: tuple[str, ...] = ("spec", "mlService", "inference")
+
+
+def _box_reference_problems(data: dict[str, Any], boxes: list[dict[str, Any]]) -> list[Problem]:
+    """fileBox and modelBox name a connected box."""
+    problems: list[Problem] = []
+    names: list[str] = [b["name"] for b in boxes if isinstance(b.get("name"), str)]
     for section, field in (("fileExchange", "fileBox"), ("model", "modelBox")):
-        ref = _get(data, *inference_loc, section, field)
+        ref = _get(data, *_INFERENCE, section, field)
         if isinstance(ref, str) and ref not in names:
-            problems.append(Problem(inference_loc + (section, field),
+            problems.append(Problem(_INFERENCE + (section, field),
                                     f"{ref!r} names no entry of spec.connectedBoxes "
                                     f"(known: {', '.join(names) or 'none'}){_did_you_mean(ref, names)}"))
+    return problems
+
+
+def _model_box_problems(data: dict[str, Any], boxes: list[dict[str, Any]]) -> list[Problem]:
+    """The model box is mounted, and modelPath lies inside it."""
+    inference_loc = _INFERENCE
     model_box = next((b for b in boxes if b.get("name") == _get(data, *inference_loc, "model", "modelBox")), None)
     model_path = _get(data, *inference_loc, "model", "modelPath")
     if model_box is None:
-        return problems
+        return []
     if model_box.get("copyS3Box") is not None and model_box.get("mountS3Box") is None:
-        problems.append(Problem(inference_loc + ("model", "modelBox"),
-                                f"model box {model_box.get('name')!r} must be a mountS3Box with a path, "
-                                "so that modelPath has a place to resolve to"))
-    elif isinstance(model_path, str) and isinstance(model_box.get("path"), str):
+        return [Problem(inference_loc + ("model", "modelBox"),
+                        f"model box {model_box.get('name')!r} must be a mountS3Box with a path, "
+                        "so that modelPath has a place to resolve to")]
+    if isinstance(model_path, str) and isinstance(model_box.get("path"), str):
         if not _is_under(model_path, model_box["path"]):
-            problems.append(Problem(inference_loc + ("model", "modelPath"),
-                                    f"{model_path!r} is not under the model box's path "
-                                    f"{model_box['path']!r}; the model must live inside its box"))
-    return problems
+            return [Problem(inference_loc + ("model", "modelPath"),
+                            f"{model_path!r} is not under the model box's path "
+                            f"{model_box['path']!r}; the model must live inside its box")]
+    return []
 
 
 def _nul_problems(data: Any, loc: Loc) -> list[Problem]:

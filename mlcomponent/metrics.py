@@ -29,7 +29,8 @@ class Metrics(Observer):
                                 ["endpoint", "status", "transport"], registry=registry)
         self.request_seconds = Histogram("mlcomponent_request_seconds", "Whole-request latency.",
                                          ["endpoint", "transport"], buckets=BUCKETS, registry=registry)
-        self.inference_seconds = Histogram("mlcomponent_inference_seconds", "The inference call alone.",
+        self.inference_seconds = Histogram("mlcomponent_inference_seconds", "From the staged request to the function's "
+                                           "answer: the wait for the worker (and for a batch), the hop, the call.",
                                            buckets=BUCKETS, registry=registry)
         self.in_flight = Gauge("mlcomponent_requests_in_flight", "Requests being served.",
                                multiprocess_mode="livesum", registry=registry)

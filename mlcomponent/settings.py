@@ -1,4 +1,4 @@
-"""Settings for one serving process: the manifest plus the CLI's options, paths resolved.
+"""Settings for one serving process: the manifest plus the serve options (``options.py``), paths resolved.
 
 The environment is passed in (never read from ``os.environ`` here), so tests can
 build settings without touching the process.
@@ -6,72 +6,22 @@ build settings without touching the process.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlcomponent.manifest import Manifest, load_manifest
+from mlcomponent.options import MB as MB  # re-exported: ServeOptions and its helpers live in options.py
+from mlcomponent.options import OPTIONS_ENV as OPTIONS_ENV
+from mlcomponent.options import ServeOptions as ServeOptions
+from mlcomponent.options import parse_duration as parse_duration
 
-OPTIONS_ENV = "MLCOMPONENT_SERVE_OPTIONS"
 FILES_SECRET_ENV = "MLCOMPONENT_FILES_SECRET"
-MB = 1024 * 1024
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_KEEP_FILES = 24 * 3600.0
 # The numeric libraries' thread counts, set from the manifest's cpu limit unless spec.env sets them.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """Everything ``mlcomponent serve`` takes on its command line."""
-
-    manifest: str
-    module_root: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_root: str | None = None
-    boxes: str | None = None
-    workers: int | None = None
-    timeout: float | None = DEFAULT_TIMEOUT  # None (``--timeout 0``): no deadline
-    max_queue: int = 64
-    max_json_body: int = 64 * MB
-    max_upload: int = 1024 * MB
-    max_inputs: int = 64
-    max_elements: int = 16 * MB
-    log_format: str = "text"
-    log_level: str = "info"
-    auth_token_env: str | None = None
-    auth_token_file: str | None = None
-    grace_period: float = 30.0
-    isolate: bool = True
-    limits: bool = True  # hold resourceLimits.memory on the inference worker (``--no-limits``: off)
-    hide_errors: bool = False
-    keep_files: float | None = DEFAULT_KEEP_FILES  # seconds; None: kept forever
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_connections: int | None = None  # None: from the open-file limit
-    max_header_bytes: int = 64 * 1024  # a request's head (request line and headers), bytes
-    max_headers: int = 100  # header fields per request
-    min_body_rate: float = 1024.0  # bytes/s a body must average over each --body-timeout window
-    write_timeout: float = 30.0  # seconds an answer may wait for its client to read
-    memory_budget: int | None = None  # bytes of bodies and answers the HTTP process holds; None: from the manifest
-    max_batch_size: int | None = None  # overrides the docstring's Batching (rows per call)
-    max_batch_delay: float | None = None  # milliseconds
-    grpc_port: int | None = None  # the protocol's gRPC service beside HTTP (off unless asked)
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ServeOptions:
-        try:
-            return cls(**json.loads(environ[OPTIONS_ENV]))
-        except KeyError:
-            raise RuntimeError(f"{OPTIONS_ENV} is not set; start the service with `mlcomponent serve`") from None
 
 
 def cpu_cores(quantity: str | None) -> float | None:
@@ -103,25 +53,6 @@ def memory_bytes(quantity: str | None) -> int | None:
         return int(float(text))
     except ValueError:
         return None
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """``--keep-files``: '24h', '30m', '90s', '2d', a plain number of seconds, or 'forever' (None)."""
-    value = text.strip().lower()
-    if value in ("forever", "never", "off"):
-        return None
-    unit = _UNITS.get(value[-1:]) if value else None
-    number = value[:-1] if unit else value
-    try:
-        seconds = float(number) * (unit or 1.0)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 24h, 30m, 90s, 2d or forever") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{text!r} must be a positive duration (or forever)")
-    return seconds
 
 
 def default_workers(manifest: Manifest, available: int | None = None) -> int:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's second command: install everything the tests need, then run the whole suite.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k manifest).
+# The README's second command: install everything the tests need, then run the whole suite and,
+# beside it, the static checks (scripts/lint.sh: ruff and mypy); it fails when either fails.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k manifest), and then only pytest runs.
 #
 # Needs Python 3.11+ and git. As root on Debian/Ubuntu it also installs, with apt-get, Debian's
 # `chromium` (the browser tests), `kubernetes-client` (kubectl, for the Kubernetes tests) and curl,
@@ -53,4 +54,11 @@ else
 fi
 
 say "pytest"
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+status=0
+.venv/bin/python -m pytest || status=$?
+say "static checks (scripts/lint.sh)"
+scripts/lint.sh || { warn "ruff or mypy failed (above)"; [ "$status" != 0 ] || status=1; }
+exit "$status"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 endpoint (moto in server mode, its own process); the "not run" summary."""
+"""Shared fixtures: the fixture modules served once per session, a real S3 endpoint (moto in server mode,
+its own process); the "not run" summary."""
 
 from __future__ import annotations
 
@@ -14,10 +15,29 @@ import boto3
 import pytest
 
 from tests.checkout import Checkout, copy_worktree, remove_in_background
-from tests.support import Server, free_port, stop_group, wait_ready, wait_until_live
+from tests.support import Server, free_port, serve_fixture, stop_group, wait_ready, wait_until_live
 
 NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``echo.inference`` served with the default flags, once for every test that needs nothing else of it.
+
+    Tests that read its log or metrics must not count on being alone; a test that needs a
+    flag or a fresh process serves its own.
+    """
+    with serve_fixture(tmp_path_factory.mktemp("echo"), "echo.inference") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``spec_full.inference`` (a function that declares inputs, outputs and parameters), default flags,
+    served once: an undeclared name is refused, reserved ones are not."""
+    with serve_fixture(tmp_path_factory.mktemp("spec-full"), "spec_full.inference") as server:
+        yield server
 
 
 class S3Endpoint:

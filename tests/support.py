@@ -1,4 +1,9 @@
-"""Test helpers: write manifests, and start the real service as a user would (the CLI)."""
+"""Test helpers: write manifests, start the real service as a user would (the CLI), and talk to it.
+
+One contract per helper: ``call`` (a request to a ``do``-driven fixture), ``calls_logged`` (what
+the function ran), ``poll`` (wait for a condition, never a fixed sleep), ``scrape`` and ``metric``
+(one series of ``/metrics``), ``restarts``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -186,3 +191,46 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mlcomponent", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+INFER = "/v2/models/test-model/infer"
+
+
+def call(server: Server, do: str = "echo", *, headers: dict[str, str] | None = None, http_timeout: float = 60,
+         **params: Any) -> httpx.Response:
+    """One request, no inputs, to a fixture that acts on its ``do`` parameter (``behaviours``, ``hostile``);
+    ``params`` are the request's parameters (``timeout`` among them: the request's own deadline)."""
+    body = {"inputs": [], "parameters": {"do": do, **params}}
+    return httpx.post(server.url + INFER, json=body, headers=headers, timeout=http_timeout)
+
+
+def calls_logged(log: Path) -> list[str]:
+    """The calls the function ran, one line each (the fixtures' CALL_LOG); none before the first."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def poll(condition: Callable[[], object], what: str, deadline_s: float = 60) -> None:
+    """Wait for ``condition`` (never a fixed sleep), failing with ``what`` after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.02)
+
+
+def scrape(server: Server) -> str:
+    """The service's ``/metrics`` text (open without a token)."""
+    return httpx.get(server.url + "/metrics", timeout=30).text
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one series in Prometheus text (``name`` with its labels, as printed); 0.0 when it is
+    absent (a labelled counter not yet counted)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def restarts(server: Server) -> float:
+    """Inference workers replaced so far (``mlcomponent_worker_restarts_total``)."""
+    return metric(scrape(server), "mlcomponent_worker_restarts_total")

@@ -28,12 +28,6 @@ from tests.support import Server, free_port, run_cli, serve, serve_fixture, wait
 
 
 @pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("client-echo"), "echo.inference") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with serve_fixture(tmp_path_factory.mktemp("client-files"), "files_echo.inference") as server:
         yield server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mlcomponent.spec.docstring import DocstringSpecError, parse_docstring, spec_of
@@ -48,6 +50,17 @@ def test_a_complete_docstring_parses() -> None:
     assert name.required is False and name.has_default is False
     assert strict.default is True
     assert spec.example == {"inputs": {"features": [[1, 2, 3, 4]]}, "parameters": {"top_k": 2}}
+
+
+def test_replace_builds_its_own_lookups() -> None:
+    """The ``*_by_name`` lookups are derived: a replaced spec neither shares nor inherits stale ones."""
+    spec = parse_docstring(GOOD)
+    fewer = dataclasses.replace(spec, inputs=spec.inputs[:1])
+    assert list(fewer.inputs_by_name) == ["image"]
+    assert list(spec.inputs_by_name) == ["image", "features", "mode"]
+    assert fewer.outputs_by_name is not spec.outputs_by_name
+    assert fewer.parameters_by_name == spec.parameters_by_name
+    assert "inputs_by_name" not in {f.name for f in dataclasses.fields(spec) if f.init}
 
 
 def test_a_docstring_without_sections_declares_nothing() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Server, serve_fixture
+from tests.support import Server
 
 SCALARS = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | \
     st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
@@ -22,18 +20,6 @@ TENSOR = st.fixed_dictionaries({"name": st.text(max_size=5) | st.none(), "dataty
                                 "data": JSON}, optional={"parameters": JSON})
 BODY: Any = st.one_of(JSON, st.fixed_dictionaries({"inputs": st.lists(TENSOR, max_size=3)},
                                                   optional={"parameters": JSON, "outputs": JSON, "id": JSON}))
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("fuzz"), "echo.inference") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("fuzz-spec"), "spec_full.inference") as server:
-        yield server
 
 
 def _check(server: Server, body: Any) -> None:
@@ -50,8 +36,8 @@ def test_arbitrary_bodies_never_make_a_5xx(echo: Server, body: Any) -> None:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODY)
-def test_arbitrary_bodies_against_a_declared_spec(spec_server: Server, body: Any) -> None:
-    _check(spec_server, body)
+def test_arbitrary_bodies_against_a_declared_spec(full: Server, body: Any) -> None:
+    _check(full, body)
 
 
 def test_still_alive_after_the_fuzzing(echo: Server) -> None:

@@ -28,7 +28,7 @@ from open_inference.grpc import protocol as pb
 from open_inference.grpc.service import GRPCInferenceServiceStub
 
 from mlcomponent import client as mc
-from tests.support import Server, free_port, run_cli, serve, wait_ready, write_manifest
+from tests.support import Server, calls_logged, free_port, metric, run_cli, scrape, serve, wait_ready, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -109,13 +109,6 @@ def raw_output(response: pb.ModelInferResponse, name: str) -> Any:
         return values
     dtype = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32}[output.datatype]
     return np.frombuffer(chunk, dtype=dtype).reshape(list(output.shape)).tolist()
-
-
-def metric(server: Server, prefix: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(prefix + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 # --------------------------------------------------------------------------- the service, the codes
@@ -220,12 +213,12 @@ def test_a_message_over_the_size_limit_is_resource_exhausted(echo: GrpcServer) -
 
 def test_grpc_requests_are_counted_apart_from_http(echo: GrpcServer) -> None:
     prefix = 'mlcomponent_requests_total{endpoint="infer",status="%s",transport="grpc"}'
-    before = metric(echo.http, prefix % "OK"), metric(echo.http, prefix % "INVALID_ARGUMENT")
+    before = metric(scrape(echo.http), prefix % "OK"), metric(scrape(echo.http), prefix % "INVALID_ARGUMENT")
     echo.infer(request(("x", "INT32", [1], [1])))
     echo.error(request(("x", "INT32", [2], [1])))
-    after = metric(echo.http, prefix % "OK"), metric(echo.http, prefix % "INVALID_ARGUMENT")
+    after = metric(scrape(echo.http), prefix % "OK"), metric(scrape(echo.http), prefix % "INVALID_ARGUMENT")
     assert after == (before[0] + 1, before[1] + 1)
-    assert metric(echo.http, 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}') == 0
+    assert metric(scrape(echo.http), 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}') == 0
 
 
 def test_reflection_lists_the_service_for_grpcurl(echo: GrpcServer) -> None:
@@ -275,10 +268,6 @@ def behaviours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GrpcS
         yield server, log
 
 
-def calls_logged(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
-
 def do(action: str, **params: Any) -> pb.ModelInferRequest:
     return request(("x", "INT32", [1], [1]), do=action, **params)
 
@@ -301,14 +290,14 @@ def test_a_crashing_worker_is_internal_and_the_next_call_succeeds(behaviours: tu
 def test_a_grpc_deadline_stops_the_call_which_ran_once(behaviours: tuple[GrpcServer, Path]) -> None:
     server, log = behaviours
     before = len(calls_logged(log))
-    restarts = metric(server.http, "mlcomponent_worker_restarts_total")
+    restarts = metric(scrape(server.http), "mlcomponent_worker_restarts_total")
     error = server.error(do("sleep", seconds=30, tag="slow"), timeout=1.0)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     started = time.monotonic()
     assert server.infer(do("echo", tag="next"), timeout=20).outputs[0].name == "x"
     assert time.monotonic() - started < 20  # the sleeping worker was stopped, not waited for
     assert calls_logged(log)[before:] == ["sleep slow", "echo next"]
-    assert metric(server.http, "mlcomponent_worker_restarts_total") == restarts + 1
+    assert metric(scrape(server.http), "mlcomponent_worker_restarts_total") == restarts + 1
 
 
 def test_the_reserved_timeout_in_microseconds_is_deadline_exceeded_with_our_message(
@@ -329,7 +318,7 @@ def test_a_full_queue_is_unavailable_with_retry_after(behaviours: tuple[GrpcServ
         while len(calls_logged(log)) == before:
             time.sleep(0.01)  # poll until the function is running
         second = pool.submit(server.infer, do("sleep", seconds=0.1))
-        while metric(server.http, "mlcomponent_requests_queued") < 1:
+        while metric(scrape(server.http), "mlcomponent_requests_queued") < 1:
             time.sleep(0.01)
         error = server.error(do("echo"))
         assert error.code() == grpc.StatusCode.UNAVAILABLE

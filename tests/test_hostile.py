@@ -8,41 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Server, serve, wait_ready, write_manifest
+from tests.support import Server, call, poll, restarts, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def call(server: Server, do: str = "echo", *, headers: dict[str, str] | None = None, http_timeout: float = 60,
-         **params: Any) -> httpx.Response:
-    """``params`` are the request's parameters (``timeout`` among them: the request's own deadline)."""
-    body = {"inputs": [], "parameters": {"do": do, **params}}
-    return httpx.post(server.url + INFER, json=body, headers=headers, timeout=http_timeout)
-
-
-def restarts(server: Server) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith("mlcomponent_worker_restarts_total "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def poll(condition: Any, what: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

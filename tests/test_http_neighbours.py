@@ -78,7 +78,7 @@ def head(path: str, length: int, extra: str = "") -> bytes:
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("neighbours-plain")
-    with serve(write_manifest(folder, "neighbours.inference"), "--memory-budget", "64", "--write-timeout", "1",
+    with serve(write_manifest(folder, "neighbours.inference"), "--memory-budget-mb", "64", "--write-timeout", "1",
                data_root=folder / "data") as server:
         yield server
 
@@ -103,7 +103,7 @@ def test_a_header_streamed_without_end_gets_431_while_others_are_served(plain: S
         results = served.result()
     sock.close()
     assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
-    assert b"--max-header-bytes" in reply
+    assert b"--max-header-kib" in reply
     assert results == [200] * len(results)
     assert innocents(plain, 6) == [200] * 6
 
@@ -116,7 +116,7 @@ def test_too_many_headers_get_431(plain: Server, count: int) -> None:
         sock.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: attacker\r\n{many}\r\n".encode())
         reply = read_reply(sock)
     assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
-    assert b"--max-headers" in reply or (count == 10_000 and b"--max-header-bytes" in reply)
+    assert b"--max-headers" in reply or (count == 10_000 and b"--max-header-kib" in reply)
     assert innocents(plain, 6) == [200] * 6
 
 
@@ -149,7 +149,7 @@ def test_a_body_held_half_sent_makes_large_requests_wait_and_small_ones_pass(pla
             time.sleep(0.02)
         assert refused.status_code == 503, refused.text[:300]
         assert refused.headers["retry-after"] == "1"
-        assert "--memory-budget" in refused.json()["error"]
+        assert "--memory-budget-mb" in refused.json()["error"]
         assert innocents(plain) == [200] * 24
         attacker.close()
         deadline = time.monotonic() + 60
@@ -237,13 +237,13 @@ def test_slow_bodies_past_the_cap_are_evicted_and_new_clients_served(crowded: Se
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("neighbours-strict")
-    with serve(write_manifest(folder, "neighbours.inference"), "--body-timeout", "1", "--min-body-rate", "100",
+    with serve(write_manifest(folder, "neighbours.inference"), "--body-timeout", "1", "--min-body-rate-kib", "0.1",
                data_root=folder / "data") as server:
         yield server
 
 
 def test_a_byte_now_and_then_does_not_keep_a_body_open(strict: Server) -> None:
-    """One byte every 50 ms (20 bytes/s, under --min-body-rate 100) never stops arriving, yet the
+    """One byte every 50 ms (20 bytes/s, under --min-body-rate-kib 0.1, about 100 bytes/s) never stops arriving, yet the
     connection is closed after a --body-timeout window; before, each byte restarted the deadline."""
     with socket.create_connection(address(strict), timeout=60) as sock:
         sock.sendall(head(INFER, 100_000) + b"{")
@@ -261,7 +261,7 @@ def test_a_byte_now_and_then_does_not_keep_a_body_open(strict: Server) -> None:
                     closed = True
             assert served.result() == [200] * 24
     assert closed
-    wait_for_log(strict, "under 100 (--min-body-rate)")
+    wait_for_log(strict, "under 0.1 (--min-body-rate-kib)")
 
 
 # --------------------------------------------------------------------------- a slow disk (event loop)

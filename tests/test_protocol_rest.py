@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,13 +16,6 @@ from tests.support import Server, serve_fixture
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A function that declares parameters: an undeclared name is refused, reserved ones are not."""
-    with serve_fixture(tmp_path_factory.mktemp("rest-full"), "spec_full.inference") as server:
-        yield server
 
 
 X = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}
@@ -74,12 +66,6 @@ def test_server_metadata_answers_with_and_without_the_trailing_slash(full: Serve
 
 
 # --------------------------------------------------------------------------- Triton's binary extension, timeout
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("rest-echo"), "echo.inference") as server:
-        yield server
 
 
 def binary_infer(server: Server, outputs: list[dict[str, object]], **parameters: object) -> httpx.Response:

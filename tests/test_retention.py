@@ -10,19 +10,12 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import S3Endpoint
-from tests.support import serve, write_manifest
+from tests.support import poll, serve, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
 REQUEST = '{"outputs": [{"name": "sha256"}, {"name": "copy", "parameters": {"datatype": "FILE"}}]}'
 ORPHAN = "0123456789abcdef0123456789abcdef"  # named like a request folder
-
-
-def poll(condition: object, what: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.1)
 
 
 def upload(url: str, mode: str = "normal") -> httpx.Response:

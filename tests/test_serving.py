@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,35 +18,21 @@ import psutil
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, free_port, run_cli, serve, serve_fixture, write_manifest
+from tests.support import (
+    Server,
+    call,
+    calls_logged,
+    free_port,
+    metric,
+    poll,
+    restarts,
+    run_cli,
+    serve,
+    write_manifest,
+)
 
 INFER = "/v2/models/test-model/infer"
 MB = 1024 * 1024
-
-
-def call(server: Server, do: str = "echo", http_timeout: float = 60, **params: object) -> httpx.Response:
-    body = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
-            "parameters": {"do": do, **params}}
-    return httpx.post(server.url + INFER, json=body, timeout=http_timeout)
-
-
-def calls_logged(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def poll(condition: Callable[[], object], what: str, deadline_s: float = 60) -> None:
-    """Wait for ``condition`` (never a fixed sleep), failing with ``what`` after ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.01)
-
-
-def metric(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 @pytest.fixture(params=["isolated", "in-process"])
@@ -115,10 +101,6 @@ def test_a_worker_that_exits_fails_only_its_request(isolated: tuple[Server, Path
     assert restarts(server) == before + 1
 
 
-def restarts(server: Server) -> float:
-    return metric(httpx.get(server.url + "/metrics").text, "mlcomponent_worker_restarts_total") or 0.0
-
-
 def test_a_call_whose_deadline_passes_while_queued_is_504_and_never_runs(isolated: tuple[Server, Path],
                                                                          tmp_path: Path) -> None:
     server, log = isolated
@@ -163,12 +145,6 @@ def test_full_queue_is_503_with_retry_after(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- binary tensors
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("binary"), "echo.inference") as server:
-        yield server
 
 
 @pytest.mark.parametrize(("datatype", "dtype"), [("FP32", np.float32), ("FP64", np.float64), ("INT32", np.int32)])

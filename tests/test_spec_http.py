@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,19 +10,13 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, run_cli, serve, serve_fixture, wait_ready, write_manifest
+from tests.support import Server, run_cli, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 
 
 def x_input(data: object = None, shape: list[int] | None = None, datatype: str = "FP32") -> dict[str, object]:
     return {"name": "x", "datatype": datatype, "shape": shape or [1, 2], "data": data or [1.0, 2.0]}
-
-
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_fixture(tmp_path_factory.mktemp("spec-full"), "spec_full.inference") as server:
-        yield server
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkout import copy_worktree, remove_in_background
+from tests.support import ROOT
 
 HIDDEN = {"apt-get", "apt", "kubectl", "chromium", "sudo"}
 SELECTED = ["tests/test_playground.py", "tests/test_kubernetes_e2e.py"]
@@ -111,3 +113,26 @@ def test_on_ci_a_test_that_cannot_run_fails(copy: Path, tmp_path: Path) -> None:
                             env=environment(path, CI="true"), timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Failed: not run on CI, which must run everything: Debian's chromium is not installed" in result.stdout
+
+
+def test_without_arguments_it_runs_the_static_checks_beside_the_suite_and_fails_with_them(copy: Path,
+                                                                                          tmp_path: Path) -> None:
+    """ruff and mypy run after pytest (scripts/lint.sh), not inside it; a lint failure fails the run.
+
+    The suite is narrowed to one file with PYTEST_ADDOPTS: test.sh itself is called as the README does.
+    """
+    probe = copy / "mlcomponent" / "_lint_probe.py"
+    probe.write_text('"""An unused import, on purpose."""\n\nimport os\n')
+    if (ROOT / ".mypy_cache").is_dir() and not (copy / ".mypy_cache").exists():
+        shutil.copytree(ROOT / ".mypy_cache", copy / ".mypy_cache")  # warm: mypy rechecks only what differs
+    path = path_without(HIDDEN, tmp_path / "bin", uid="1000")
+    try:
+        result = subprocess.run(["./scripts/test.sh"], cwd=copy, capture_output=True, text=True, timeout=900,
+                                env=environment(path, PYTEST_ADDOPTS="tests/test_quality.py -p no:cacheprovider"))
+    finally:
+        probe.unlink()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert re.search(r"^=+ 1 passed", result.stdout, re.M), output  # the suite ran, and passed
+    assert "mlcomponent/_lint_probe.py:3:8: F401" in output
+    assert "test: ruff or mypy failed (above)" in result.stderr

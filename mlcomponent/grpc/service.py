@@ -4,20 +4,17 @@ Every call passes one wrapper (``Calls.wrap``): bearer auth from the ``authoriza
 metadata (health and liveness stay open, as on REST), the request id (``x-request-id``
 metadata, echoed in the trailers, in every log line), metrics labelled ``transport="grpc"``,
 and one error mapping: each error the data plane raises becomes the gRPC status code of its
-HTTP status, with the same message REST would send.
+HTTP status, with the same message REST would send (both from ``serving/``, which decides them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import orjson
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -36,31 +33,28 @@ from open_inference.grpc.protocol import (
     ServerReadyResponse,
 )
 
-from mlcomponent import __version__
 from mlcomponent.errors import BadRequest
 from mlcomponent.grpc.codec import CODES, SERVICE, metadata_message, request_body, response_message
-from mlcomponent.http.auth import bearer_matches
-from mlcomponent.http.metadata import model_metadata
-from mlcomponent.http.responses import HIDE_ERRORS, error_payload
-from mlcomponent.http.routes import EXTENSIONS
-from mlcomponent.logs import request_id
 from mlcomponent.metrics import Metrics
 from mlcomponent.protocol.types import InferenceResponse
 from mlcomponent.runtime.dataplane import DataPlane
+from mlcomponent.serving.auth import Auth
+from mlcomponent.serving.errors import describe
+from mlcomponent.serving.metadata import model_metadata, server_metadata
+from mlcomponent.serving.requests import Requests
 
 UNAUTHENTICATED = "this endpoint needs `authorization: Bearer <token>` metadata; the token was missing or wrong"
-_PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-g"
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def status_of(error: Exception, method: str, hide_errors: bool = False) -> tuple[grpc.StatusCode, str,
                                                                               tuple[tuple[str, str], ...]]:
-    """The gRPC status code, message and extra trailers for any error: REST's one renderer decides the
-    message (and logs 5xx, and hides it under ``--hide-errors``), so both transports say the same thing."""
-    status, body, headers = error_payload(error, {"method": "gRPC", "path": method, HIDE_ERRORS: hide_errors})
-    trailers = tuple((key.decode(), value.decode()) for key, value in headers if key == b"retry-after")
-    return CODES.get(status, grpc.StatusCode.UNKNOWN), orjson.loads(body)["error"], trailers
+    """The gRPC status code, message and extra trailers for any error, from the same ``Failure``
+    that REST renders (``serving/errors.py``: it logs 5xx and hides messages under ``--hide-errors``)."""
+    failure = describe(error, f"gRPC {method}", hide_errors)
+    trailers = (("retry-after", str(failure.retry_after)),) if failure.retry_after is not None else ()
+    return CODES.get(failure.status, grpc.StatusCode.UNKNOWN), failure.message, trailers
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -70,54 +64,43 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 
 class Calls:
-    """What every RPC shares: auth, request id, metrics, errors."""
+    """What every RPC shares: ``serving/``'s request wrapper and auth, and errors as status codes."""
 
     def __init__(self, metrics: Metrics, token: str | None, hide_errors: bool = False) -> None:
         self.metrics = metrics
-        self.token = token.encode() if token else None
+        self.auth = Auth(token)
         self.hide_errors = hide_errors
-        self._ids = itertools.count()
+        self.requests = Requests(metrics, "grpc", id_tag="g")
 
-    def wrap(self, endpoint: str, method: str, handler: Handler, *, open_: bool = False) -> Handler:
-        metrics = self.metrics
-
+    def wrap(self, endpoint: str, method: str, handler: Handler) -> Handler:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            rid = authorization = None
+            given = authorization = None
             for key, value in context.invocation_metadata() or ():
                 if key == "x-request-id":
-                    rid = value
+                    given = value
                 elif key == "authorization":
                     authorization = value
-            rid = rid or f"{_PREFIX}{next(self._ids):x}"
-            reset = request_id.set(rid)
-            metrics.in_flight.inc()
-            code = grpc.StatusCode.OK
-            try:
-                if not open_ and not self._authorised(authorization):
-                    code = grpc.StatusCode.UNAUTHENTICATED
+            with self.requests.track(endpoint, given, grpc.StatusCode.OK.name) as tracked:
+                rid = tracked.id
+                if not self.auth.allows(endpoint, authorization):
+                    tracked.status = grpc.StatusCode.UNAUTHENTICATED.name
                     context.set_trailing_metadata((("x-request-id", rid), ("www-authenticate", "Bearer")))
-                    await context.abort(code, UNAUTHENTICATED)
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
                 context.set_trailing_metadata((("x-request-id", rid),))
                 try:
                     return await handler(request, context)
                 except asyncio.CancelledError:
                     left = context.time_remaining()
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+                    tracked.status = (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0
+                                      else grpc.StatusCode.CANCELLED).name
                     raise
                 except Exception as error:  # noqa: BLE001 - every error becomes a status; the service goes on
                     code, message, trailers = status_of(error, method, self.hide_errors)
+                    tracked.status = code.name
                     context.set_trailing_metadata((("x-request-id", rid), *trailers))
                     await context.abort(code, message)
-            finally:
-                metrics.in_flight.dec()
-                request_id.reset(reset)
-                metrics.observe_request(endpoint, code.name, time.perf_counter() - started, "grpc")
 
         return call
-
-    def _authorised(self, given: str | bytes | None) -> bool:
-        return self.token is None or bearer_matches(given, self.token)
 
 
 class InferenceService:
@@ -138,7 +121,7 @@ class InferenceService:
 
     async def server_metadata(self, request: ServerMetadataRequest,
                               context: grpc.aio.ServicerContext) -> ServerMetadataResponse:
-        return ServerMetadataResponse(name="mlcomponent", version=__version__, extensions=EXTENSIONS)
+        return ServerMetadataResponse(**server_metadata())
 
     async def model_metadata(self, request: ModelMetadataRequest,
                              context: grpc.aio.ServicerContext) -> ModelMetadataResponse:
@@ -177,17 +160,15 @@ class InferenceService:
             files.cleanup()
 
     def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
-        def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any,
-                  open_: bool = False) -> grpc.RpcMethodHandler:
+        def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                calls.wrap(endpoint, name, handler, open_=open_),
+                calls.wrap(endpoint, name, handler),
                 request_deserializer=request.FromString if request is not None else None,
                 response_serializer=response.SerializeToString)
 
         return {
-            "ServerLive": unary("ServerLive", "health", self.server_live, ServerLiveRequest, ServerLiveResponse, True),
-            "ServerReady": unary("ServerReady", "health", self.server_ready, ServerReadyRequest,
-                                 ServerReadyResponse, True),
+            "ServerLive": unary("ServerLive", "health", self.server_live, ServerLiveRequest, ServerLiveResponse),
+            "ServerReady": unary("ServerReady", "health", self.server_ready, ServerReadyRequest, ServerReadyResponse),
             "ModelReady": unary("ModelReady", "ready", self.model_ready, ModelReadyRequest, ModelReadyResponse),
             "ServerMetadata": unary("ServerMetadata", "server_metadata", self.server_metadata,
                                     ServerMetadataRequest, ServerMetadataResponse),

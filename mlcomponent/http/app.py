@@ -57,8 +57,8 @@ async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) 
 def create_app(service: Service, metrics: Metrics, transports: Sequence[Transport] = ()) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
-    budget = MemoryBudget(options.memory_budget or default_budget(service.settings.memory_limit))
-    infer = InferEndpoint(plane, options.max_json_body, options.max_upload, budget)
+    budget = MemoryBudget(options.memory_budget_bytes or default_budget(service.settings.memory_limit))
+    infer = InferEndpoint(plane, options.max_json_body_bytes, options.max_upload_bytes, budget)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

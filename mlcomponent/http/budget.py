@@ -56,7 +56,7 @@ class Hold:
         if total > budget.small and others > 0 and budget.held + amount > budget.limit:
             budget.refused += 1
             raise NotReady(f"the service is holding too many large requests and answers right now (memory budget "
-                           f"{budget.limit // MB} MiB, --memory-budget); retry shortly", retry_after=1)
+                           f"{budget.limit // MB} MiB, --memory-budget-mb); retry shortly", retry_after=1)
         self.count(amount)
 
     def count(self, amount: int) -> None:

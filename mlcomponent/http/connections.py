@@ -9,11 +9,11 @@ one line per kind every 10 s, with a count):
 - **header deadline** (``--header-timeout``, 10 s): a request's headers must be complete
   within this time of the connection becoming idle (opened, or its last answer sent);
   else ``408`` and the connection is closed.
-- **header limits** (``--max-header-bytes``, 64 KiB, and ``--max-headers``, 100):
+- **header limits** (``--max-header-kib``, 64, and ``--max-headers``, 100):
   counted on the bytes as they arrive, before httptools sees them (it grows a header
   by concatenation, on the event loop); past either, ``431`` and the connection is closed.
-- **body deadline and rate** (``--body-timeout``, 30 s, and ``--min-body-rate``,
-  1024 bytes/s): every ``--body-timeout`` seconds in which the server was ready to read,
+- **body deadline and rate** (``--body-timeout``, 30 s, and ``--min-body-rate-kib``,
+  1 KiB/s): every ``--body-timeout`` seconds in which the server was ready to read,
   the body must have brought at least that many seconds' worth of the minimum rate;
   else the connection is closed and the request fails. The window is not restarted by
   each byte, so a byte now and then does not keep a connection.
@@ -42,7 +42,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mlcomponent.settings import OPTIONS_ENV, ServeOptions
+from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
 
 PROTOCOL = "mlcomponent.http.connections:GuardedHttpToolsProtocol"
 REPORT_EVERY = 10.0  # seconds between two log lines of one kind
@@ -74,8 +74,9 @@ class Guard:
     """One process's limits and its rate-limited reports."""
 
     def __init__(self, header_timeout: float, body_timeout: float, max_connections: int, *,
-                 max_header_bytes: int = 64 * 1024, max_headers: int = 100, min_body_rate: float = 1024.0,
-                 write_timeout: float = 30.0) -> None:
+                 max_header_bytes: int = DEFAULTS.max_header_bytes, max_headers: int = DEFAULTS.max_headers,
+                 min_body_rate: float = DEFAULTS.min_body_rate_bytes,
+                 write_timeout: float = DEFAULTS.write_timeout) -> None:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
@@ -87,13 +88,11 @@ class Guard:
 
     @classmethod
     def from_environ(cls) -> Guard:
-        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else None
-        if options is None:
-            return cls(10.0, 30.0, default_max_connections())
+        options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else DEFAULTS
         return cls(options.header_timeout, options.body_timeout,
                    options.max_connections or default_max_connections(),
                    max_header_bytes=options.max_header_bytes, max_headers=options.max_headers,
-                   min_body_rate=options.min_body_rate, write_timeout=options.write_timeout)
+                   min_body_rate=options.min_body_rate_bytes, write_timeout=options.write_timeout)
 
     def report(self, kind: str, message: str) -> None:
         now = time.monotonic()
@@ -152,7 +151,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def behind(self, now: float) -> float | None:
         """Seconds this connection is behind: how long its head has been awaited (a head comes in one
-        packet), or how far its body is behind --min-body-rate. None: not to be evicted (its request is
+        packet), or how far its body is behind --min-body-rate-kib. None: not to be evicted (its request is
         being answered, or the server is not reading it)."""
         elapsed = now - self.phase_since
         if self.transport.is_closing():
@@ -245,7 +244,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.guard
         if self.head_bytes <= limit.max_header_bytes and self.head_lines <= limit.max_headers + 2:
             return True  # + the request line and the blank line
-        what = (f"over {limit.max_header_bytes} bytes (--max-header-bytes)" if self.head_bytes > limit.max_header_bytes
+        what = (f"over {limit.max_header_bytes} bytes (--max-header-kib)" if self.head_bytes > limit.max_header_bytes
                 else f"more than {limit.max_headers} header fields (--max-headers)")
         self.guard.report("head", f"closed the connection from {_peer(self.client)}: its request headers were {what}")
         body = b'{"error":"the request headers are %s; send fewer or shorter headers"}' % what.encode()
@@ -282,7 +281,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_timer = self.loop.call_later(self.guard.body_timeout, self._body_too_slow)
 
     def _body_too_slow(self) -> None:
-        """The end of a --body-timeout window: enough bytes in it (at --min-body-rate), or the connection closes."""
+        """The end of a --body-timeout window: enough bytes in it (at --min-body-rate-kib), or the connection closes."""
         self.body_timer = None
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None or not cycle.more_body or cycle.response_complete:
@@ -302,8 +301,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                                  f"{guard.body_timeout:g} s (--body-timeout)")
         else:
             guard.report("body-rate", f"closed the connection from {client}: its request body arrived at "
-                                      f"{received / guard.body_timeout:.0f} bytes/s over {guard.body_timeout:g} s, "
-                                      f"under {guard.min_body_rate:g} (--min-body-rate)")
+                                      f"{received / guard.body_timeout / 1024:.3g} KiB/s over {guard.body_timeout:g} s, "
+                                      f"under {guard.min_body_rate / 1024:g} (--min-body-rate-kib)")
         self.transport.close()
 
     def on_body(self, body: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The outermost ASGI layer: request id, bearer auth and metrics, for every request.
+"""The outermost ASGI layer: request id, bearer auth and metrics (``serving/``'s wrapper), for every request.
 
 Pure ASGI because every request passes here. ``POST …/infer`` goes straight to the
 infer endpoint (the same object the route table holds) without Starlette's routing;
@@ -7,21 +7,17 @@ everything else goes to the Starlette app. Bench numbers are in docs/benchmarks.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlcomponent.http.auth import bearer_matches
 from mlcomponent.http.infer import InferEndpoint, model_of_infer_path
 from mlcomponent.http.responses import HIDE_ERRORS, JSON_HEADERS, header, respond
-from mlcomponent.logs import request_id
 from mlcomponent.metrics import Metrics
+from mlcomponent.serving.auth import Auth
+from mlcomponent.serving.requests import Requests
 
-OPEN_PREFIXES = ("/v2/health/", "/metrics")
 UNAUTHORIZED = b'{"error":"this endpoint needs `Authorization: Bearer <token>`; the token was missing or wrong"}'
-_PREFIX = f"{os.getpid():x}-{os.urandom(3).hex()}-".encode()
 
 
 def endpoint_of(path: str) -> str:
@@ -44,44 +40,31 @@ class Gateway:
         self.app = app
         self.infer = infer
         self.metrics = metrics
-        self.token = token.encode() if token else None
+        self.auth = Auth(token)
         self.hide_errors = hide_errors
-        self._ids = itertools.count()
-
-    def _authorised(self, scope: Scope) -> bool:
-        path: str = scope["path"]
-        if self.token is None or path.startswith(OPEN_PREFIXES) or path == "/":
-            return True
-        return bearer_matches(header(scope, b"authorization"), self.token)
+        self.requests = Requests(metrics, "http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         scope["mlcomponent.arrived"] = time.monotonic()
         if self.hide_errors:
             scope[HIDE_ERRORS] = True
-        rid = header(scope, b"x-request-id") or _PREFIX + b"%x" % next(self._ids)
-        status = 500
+        given = header(scope, b"x-request-id")
+        endpoint = endpoint_of(scope["path"])
+        with self.requests.track(endpoint, given.decode("latin-1") if given else None, 500) as tracked:
+            rid = given or tracked.id.encode("latin-1")
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
-            await send(message)
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    tracked.status = message["status"]
+                    message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                await send(message)
 
-        reset = request_id.set(rid.decode("latin-1"))
-        self.metrics.in_flight.inc()
-        try:
-            if not self._authorised(scope):
+            if not self.auth.allows(endpoint, header(scope, b"authorization")):
                 await respond(send_with_id, 401, UNAUTHORIZED, [*JSON_HEADERS, (b"www-authenticate", b"Bearer")])
             elif scope["method"] == "POST" and model_of_infer_path(scope["path"]) is not None:
                 await self.infer(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
-        finally:
-            self.metrics.in_flight.dec()
-            request_id.reset(reset)
-            self.metrics.observe_request(endpoint_of(scope["path"]), status, time.perf_counter() - started)

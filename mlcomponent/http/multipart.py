@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from mlcomponent.errors import BadRequest, PayloadTooLarge, shown
 from mlcomponent.http.budget import JSON_EXPANSION, Hold
+from mlcomponent.options import DEFAULTS
 from mlcomponent.runtime.files import RequestFiles
 
 MAX_BOUNDARY = 256  # bytes; RFC 2046 allows 70, and the parser refuses more than 256
@@ -101,7 +102,7 @@ class _Reader:
 
 
 async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
-                         max_json: int, max_upload: int, max_parts: int = 64,
+                         max_json: int, max_upload: int, max_parts: int = DEFAULTS.max_inputs,
                          hold: Hold | None = None) -> dict[str, Any]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")

@@ -16,19 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from mlcomponent import __version__
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import NotFound, shown
 from mlcomponent.http.infer import InferEndpoint
-from mlcomponent.http.metadata import model_metadata
 from mlcomponent.http.openapi import openapi_document
 from mlcomponent.http.playground import playground_route
 from mlcomponent.metrics import CONTENT_TYPE, Metrics
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.runtime.files import KEY_ROOT, safe_filename
-
-EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
-
+from mlcomponent.serving.metadata import model_metadata, server_metadata
 
 # Served inline; anything else (text/html, SVG, XML: a page that would run in this service's
 # origin) is an attachment, and no browser may guess another type (nosniff).
@@ -64,7 +60,7 @@ class Endpoints:
         return json_response({"ready": self.plane.ready}, 200 if self.plane.ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return json_response({"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS})
+        return json_response(server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
         self.plane.check_model(request.path_params["name"])

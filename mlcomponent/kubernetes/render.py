@@ -21,13 +21,14 @@ from pydantic.alias_generators import to_camel
 
 from mlcomponent import __version__
 from mlcomponent.manifest import ConnectedBox, Manifest
+from mlcomponent.options import DEFAULTS, flag
 
 PYTHON = "python3"
 PACKAGE_DIR = "/opt/mlcomponent"
 CONFIG_DIR = "/etc/mlcomponent"
 DATA_DIR = "/var/lib/mlcomponent"
 MANAGED_BY = "mlcomponent-operator"
-GRACE_SECONDS = 30  # the service drains this long after SIGTERM (--grace-period)
+GRACE_SECONDS = int(DEFAULTS.grace_period)  # the service drains this long after SIGTERM (--grace-period)
 PRESTOP_SECONDS = 5  # the pod keeps serving this long after it left the Service's endpoints
 PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+$")
 
@@ -45,7 +46,7 @@ class Port:
 
 # One line per port: the serve flag, the container port and the Service port follow from it.
 PORTS = [Port("http", "--port", 8080, 80), Port("grpc", "--grpc-port", 8081, 8081, app_protocol="grpc")]
-DEADLINE_SECONDS = 60  # the default deadline of one call (--timeout), stated so the pod's is visible
+DEADLINE_SECONDS = int(DEFAULTS.timeout or 0)  # the default deadline of one call (--timeout), stated so the pod's is visible
 HTTP = PORTS[0]
 
 
@@ -289,8 +290,8 @@ def serve_command() -> list[str]:
         *(arg for port in PORTS for arg in (port.flag, str(port.container))),
         "--boxes", f"{CONFIG_DIR}/boxes.yaml",
         "--data-root", DATA_DIR,
-        "--grace-period", str(GRACE_SECONDS),
-        "--timeout", str(DEADLINE_SECONDS),
+        flag("grace_period"), str(GRACE_SECONDS),
+        flag("timeout"), str(DEADLINE_SECONDS),
         "--hide-errors",  # end users calling someone else's module see the exception type, not its internals
         "--log-format", "json",
     ]

@@ -44,6 +44,24 @@ def _content_type(item: dict[str, Any], params: dict[str, Any]) -> str | None:
 
 
 def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
+    name, where, params = _input_header(item, index)
+    datatype = _datatype(item.get("datatype"), where)
+    declared = _declared_input(spec, name, where)
+    content_type = _content_type(item, params)
+    shape: Any = item.get("shape")
+    if datatype == "str" and declared is not None and declared.datatype == "FILE":
+        datatype = "FILE"  # a standard client cannot say FILE: it sends the key as a one-element BYTES tensor
+    if datatype == "FILE":
+        shape, data, content_type = _file_input(item, shape, content_type, where)
+    else:
+        data = _tensor_data(item, datatype, shape, declared, where)
+    if declared is not None:
+        _check_declared(declared, datatype, shape, content_type, data, where)
+    return InputTensor(name, datatype, shape, data, content_type)
+
+
+def _input_header(item: Any, index: int) -> tuple[str, str, dict[str, Any]]:
+    """The input's name, how messages call it, and its parameters: what every datatype needs."""
     if not isinstance(item, dict):
         raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype, data")
     name = item.get("name")
@@ -53,41 +71,48 @@ def decode_input(item: Any, index: int, spec: FunctionSpec) -> InputTensor:
     params = item.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest(f"{where}: `parameters` must be an object")
-    datatype = _datatype(item.get("datatype"), where)
+    return name, where, params
+
+
+def _declared_input(spec: FunctionSpec, name: str, where: str) -> TensorSpec | None:
     declared = spec.inputs_by_name.get(name)
     if spec.declared and declared is None:
         known = ", ".join(spec.inputs_by_name) or "none"
         raise SpecViolation(f"{where} is not declared by the function (declared inputs: {known})")
-    content_type = _content_type(item, params)
-    shape: Any = item.get("shape")
-    if datatype == "str" and declared is not None and declared.datatype == "FILE":
-        datatype = "FILE"  # a standard client cannot say FILE: it sends the key as a one-element BYTES tensor
-    if datatype == "FILE":
-        shape = [1] if shape is None else shape
-        problem = shape_problem(shape)
-        if problem:
-            raise BadRequest(f"{where}: {problem}")
-        data = item.get("data")
-        if isinstance(data, list) and len(data) == 1:
-            data = data[0]
-        if data is not None and not isinstance(data, str):
-            raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {shown(data)}")
-        if content_type is None and data is not None:
-            content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
-    else:
-        problem = shape_problem(shape)
-        if problem:
-            raise BadRequest(f"{where}: {problem}")
-        if "data" not in item:
-            raise BadRequest(f"{where}: `data` is missing")
-        data, kinds = flatten_with_kinds(item["data"])
-        problem = count_problem(shape, data) or values_problem(
-            datatype, data, declared.allow_nan if declared else False, kinds)
-        if problem:
-            raise BadRequest(f"{where}: {problem}")
-    if declared is not None:
-        _check_declared(declared, datatype, shape, content_type, data, where)
-    return InputTensor(name, datatype, shape, data, content_type)
+    return declared
+
+
+def _file_input(item: dict[str, Any], shape: Any, content_type: str | None,
+                where: str) -> tuple[Any, str | None, str | None]:
+    """A FILE input: shape (default [1]), the key in the file box (or none: an uploaded part), content type."""
+    shape = [1] if shape is None else shape
+    problem = shape_problem(shape)
+    if problem:
+        raise BadRequest(f"{where}: {problem}")
+    data = item.get("data")
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if data is not None and not isinstance(data, str):
+        raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {shown(data)}")
+    if content_type is None and data is not None:
+        content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
+    return shape, data, content_type
+
+
+def _tensor_data(item: dict[str, Any], datatype: str, shape: Any, declared: TensorSpec | None,
+                 where: str) -> Any:
+    """A value tensor's data, flattened, its count and values checked against shape and datatype."""
+    problem = shape_problem(shape)
+    if problem:
+        raise BadRequest(f"{where}: {problem}")
+    if "data" not in item:
+        raise BadRequest(f"{where}: `data` is missing")
+    data, kinds = flatten_with_kinds(item["data"])
+    problem = count_problem(shape, data) or values_problem(
+        datatype, data, declared.allow_nan if declared else False, kinds)
+    if problem:
+        raise BadRequest(f"{where}: {problem}")
+    return data
 
 
 def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], content_type: str | None,

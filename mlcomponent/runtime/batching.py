@@ -1,7 +1,7 @@
 """Adaptive batching: concurrent requests merged into one call of the function along dimension 0.
 
 A function opts in with a ``Batching:`` section in its docstring (``max_batch_size`` rows,
-``max_batch_delay``); ``serve --max-batch-size/--max-batch-delay`` override it. Requests
+``max_batch_delay``); ``serve --max-batch-size/--max-batch-delay-ms`` override it. Requests
 merge when they agree on everything but their number of rows: input names, datatypes,
 non-batch dimensions (and FILE content types), parameters and requested outputs. The
 merged call gets the rows of every member one after the other (a FILE input becomes the

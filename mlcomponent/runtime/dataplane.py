@@ -16,6 +16,7 @@ from typing import Any
 
 from mlcomponent.boxes.base import Box
 from mlcomponent.errors import BadRequest, NotFound, NotReady
+from mlcomponent.options import DEFAULTS, ServeOptions
 from mlcomponent.protocol.packed import pack_checked_lists
 from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
@@ -30,10 +31,16 @@ from mlcomponent.spec.model import UNDECLARED, FunctionSpec
 
 @dataclass(frozen=True)
 class Limits:
+    """The serve options the data plane holds to (declared, with their defaults, in ``options.py``)."""
+
     timeout: float | None = None
-    max_queue: int = 64
-    max_inputs: int = 64
-    max_elements: int = 16 * 1024 * 1024
+    max_queue: int = DEFAULTS.max_queue
+    max_inputs: int = DEFAULTS.max_inputs
+    max_elements: int = DEFAULTS.max_elements
+
+    @classmethod
+    def of(cls, options: ServeOptions) -> Limits:
+        return cls(**{name: getattr(options, name) for name in cls.__dataclass_fields__})
 
 
 class DataPlane:

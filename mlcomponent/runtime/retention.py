@@ -4,8 +4,9 @@
   box for ``--keep-files`` (default 24h); a sweeper in every HTTP worker removes older
   objects (local folders and S3 alike, by the object's modification time).
 - Request folders are removed before each answer; a process killed mid-request leaves
-  its folder behind, so ``serve`` removes every request folder at start-up (before any
-  worker serves) and the sweeper removes folders older than ``--keep-files``.
+  its folder behind, so ``serve`` removes them at start-up (before any worker serves) and
+  the sweeper removes those older than ``--keep-files`` — in both cases only folders no
+  live process holds (``files.hold_folder``: services may share ``inferenceFilesPath``).
 - The secret that signs output keys (``FileKeys``): ``MLCOMPONENT_FILES_SECRET`` when set
   (the same value in every replica keeps download links valid across them and across
   restarts), else a random one kept in ``<data-root>/files.key``.

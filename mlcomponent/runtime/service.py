@@ -81,7 +81,7 @@ async def check_entry_point(settings: Settings) -> None:
 def check_batching(settings: Settings, spec: FunctionSpec) -> BatchingSpec | None:
     """The batching in force for this function (None: requests one call each); refuses bad flags."""
     options = settings.options
-    delay = None if options.max_batch_delay is None else options.max_batch_delay / 1000
+    delay = None if options.max_batch_delay_ms is None else options.max_batch_delay_ms / 1000
     return batching_for(spec, options.max_batch_size, delay, settings.manifest.inference.entry_point.python_function)
 
 
@@ -94,8 +94,7 @@ class Service:
         files_root.mkdir(parents=True, exist_ok=True)
         options = settings.options
         self.runner = make_runner(settings, model_key, observer)
-        limits = Limits(timeout=options.timeout, max_queue=options.max_queue, max_inputs=options.max_inputs,
-                        max_elements=options.max_elements)
+        limits = Limits.of(options)
         self.dataplane = DataPlane(settings.model_name, self.runner, file_box(settings), files_root, limits,
                                    observer)
         self.dataplane.file_keys = file_keys(settings.model_name, settings.files_secret, settings.data_root)

@@ -116,14 +116,16 @@ class FunctionSpec:
     batching: BatchingSpec | None = None
     declared: bool = False
     source: str | None = None
-    inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
-    outputs_by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False)
-    parameters_by_name: dict[str, ParameterSpec] = field(default_factory=dict, compare=False)
+    # Derived lookups (not init fields): built anew by each __init__, so ``dataclasses.replace``
+    # never shares them between two specs.
+    inputs_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    outputs_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    parameters_by_name: dict[str, ParameterSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.inputs_by_name.update({t.name: t for t in self.inputs})
-        self.outputs_by_name.update({t.name: t for t in self.outputs})
-        self.parameters_by_name.update({p.name: p for p in self.parameters})
+        object.__setattr__(self, "inputs_by_name", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "outputs_by_name", {t.name: t for t in self.outputs})
+        object.__setattr__(self, "parameters_by_name", {p.name: p for p in self.parameters})
 
     @property
     def merges(self) -> bool:

@@ -1,4 +1,8 @@
-"""The ASGI app factory uvicorn imports in each worker process (``--workers``)."""
+"""One serving process: the ASGI app factory uvicorn imports in each worker process (``--workers``).
+
+The one module above both transports: it builds the service, the HTTP app and, when
+``--grpc-port`` asks, the gRPC server, started and stopped in the app's lifespan.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ def app() -> Gateway:
     service = Service(settings, sync_boxes=False, observer=metrics)
     transports = []
     if options.grpc_port is not None:
-        from mlcomponent.grpc.server import GrpcServer
+        from mlcomponent.grpc.server import GrpcServer  # grpcio is imported only when gRPC is served
 
         transports.append(GrpcServer(service.dataplane, metrics, host=options.host, port=options.grpc_port,
-                                     token=settings.auth_token(), max_message=options.max_json_body,
+                                     token=settings.auth_token(), max_message=options.max_json_body_bytes,
                                      reuse_port=settings.workers > 1, hide_errors=options.hide_errors))
     app = create_app(service, metrics, transports)
     # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off

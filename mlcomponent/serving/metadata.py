@@ -1,4 +1,4 @@
-"""Model metadata in the V2 shape; our extra fields live under ``parameters``.
+"""Server and model metadata in the V2 shape, for both transports; our extra fields live under ``parameters``.
 
 Datatypes are the protocol's (a declared ``str`` is ``BYTES``); ``platform`` follows the
 protocol's ``<project>_<format>`` convention.
@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlcomponent import __version__
 from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
 
 PLATFORM = "mlcomponent_python"
+EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
+
+
+def server_metadata() -> dict[str, Any]:
+    """The server metadata document (REST ``GET /v2``, gRPC ``ServerMetadata``)."""
+    return {"name": "mlcomponent", "version": __version__, "extensions": EXTENSIONS}
 
 
 def _tensor(tensor: TensorSpec) -> dict[str, Any]:
