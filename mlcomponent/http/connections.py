@@ -47,6 +47,7 @@ from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
 PROTOCOL = "mlcomponent.http.connections:GuardedHttpToolsProtocol"
 REPORT_EVERY = 10.0  # seconds between two log lines of one kind
 MAX_DEFAULT_CONNECTIONS = 4096
+BODY_GRACE = 1.0  # seconds a body is never evicted for: its head and its first bytes often come apart
 log = logging.getLogger("mlcomponent.http.connections")
 
 TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
@@ -160,7 +161,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return elapsed
         cycle = self.cycle
         rate = self.guard.min_body_rate
-        if cycle is None or not cycle.more_body or cycle.response_complete or self.flow.read_paused or rate <= 0:
+        if (cycle is None or not cycle.more_body or cycle.response_complete or self.flow.read_paused or rate <= 0
+                or elapsed < BODY_GRACE):
             return None
         return elapsed - self.phase_bytes / rate
 
@@ -180,7 +182,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cap = self.guard.max_connections
         if slowest is not None:
             phase = "headers" if slowest.waiting_for_headers else "body"
-            self.guard.report("cap", f"connection cap reached ({cap} open, --max-connections): closed the "
+            self.guard.report(f"cap-{phase}", f"connection cap reached ({cap} open, --max-connections): closed the "
                                      f"slowest connection (in its request {phase})")
             slowest._cancel_timers()
             slowest.transport.abort()
