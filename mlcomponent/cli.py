@@ -82,11 +82,16 @@ def main() -> None:
 
 @main.command()
 @click.argument("manifest")
-def validate(manifest: str) -> None:
-    """Check MANIFEST (and its entry point and docstring spec, when the module is here)."""
+@click.option("--no-run", is_flag=True, help="Do not run the docstring's Example through the function.")
+def validate(manifest: str, no_run: bool) -> None:
+    """Check MANIFEST (and its entry point and docstring spec, when the module is here), then run the
+    docstring's Example through the function when the model is here."""
+    import asyncio
+
     from mlcomponent.manifest import load_manifest, locate
     from mlcomponent.runtime.entrypoint import unchecked_reason
     from mlcomponent.runtime.service import load_function_and_spec
+    from mlcomponent.runtime.tryout import run_example
 
     try:
         parsed = load_manifest(manifest)
@@ -111,6 +116,18 @@ def validate(manifest: str) -> None:
                    f"{', with an example' if spec.example else ''})")
     else:
         click.echo(f"{entry.python_function}: no docstring specification; requests will not be validated")
+    if spec.example is None or no_run:
+        return
+    try:
+        ran, line = asyncio.run(run_example(settings))
+    except (EntryPointError, ValueError, OSError) as error:
+        _fail(f"{entry.python_function}: Example not run: {_one_line(error)}")
+    if not ran:
+        click.echo(f"{entry.python_function}: Example not run: {line}")
+    elif line:
+        _fail(f"{entry.python_function}: {line}")
+    else:
+        click.echo(f"{entry.python_function}: Example OK (ran through the function in a worker)")
 
 
 def _click_param(declaration: Field[Any], owner: type = ServeOptions) -> Callable[[Callable[..., Any]],

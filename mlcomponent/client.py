@@ -17,6 +17,9 @@ values, not datatypes or shapes. Retries are safe: only a connection that failed
 before the request was sent is retried; a request that may have run is never sent
 again unless ``retry_unsafe=True``.
 
+Every argument of ``Client``, ``AsyncClient``, ``infer`` and ``download``, with an example
+each: docs/client.md.
+
 Exceptions::
 
     ClientError                 base; .status and .message from the service

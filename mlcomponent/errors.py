@@ -120,9 +120,10 @@ class FunctionFailed(MLComponentError):
 
     status = 500
 
-    def __init__(self, message: str, *, exception_type: str = "Exception") -> None:
+    def __init__(self, message: str, *, exception_type: str = "Exception", where: str | None = None) -> None:
         super().__init__(message)
         self.exception_type = exception_type
+        self.where = where  # "predict.py, line 12": the last frame in the module's own code, when known
 
 
 class BadFunctionOutput(MLComponentError):
@@ -161,8 +162,14 @@ class BoxFailed(MLComponentError):
     status = 502
 
 
-class BoxUnavailable(NotReady):
-    """The file box cannot be reached (connection refused, timed out): retry later."""
+class BoxUnavailable(NotReady, ValueError):
+    """A box that cannot be reached or read (an S3 endpoint down, refused credentials): one line.
+
+    A request that needs it gets 503 with ``Retry-After`` (5 s unless said otherwise).
+    """
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class ManifestError(Exception):

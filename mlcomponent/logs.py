@@ -44,6 +44,8 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    if logging.getLogger().level > logging.DEBUG:  # "Found credentials in environment variables." at every start
+        logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False

@@ -292,6 +292,25 @@ def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None)
     return out
 
 
+def _duplicate_keys(node: yaml.Node, loc: Loc = ()) -> list[str]:
+    """``line N: path: duplicate key`` for each key given twice in one mapping (kubectl refuses them)."""
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in first:
+                found.append(f"{line}: {format_loc(loc + (name,))}: duplicate key {name!r} (first on line "
+                             f"{first[name]}); the later one would win here, and kubectl refuses the file: "
+                             "keep one")
+            first.setdefault(name, line)
+            found += _duplicate_keys(value, loc + (name,))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, loc + (index,))
+    return found
+
+
 def format_loc(loc: Loc) -> str:
     text = ""
     for part in loc:
@@ -431,8 +450,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
-def _load_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
-    """One YAML document: its data and the line of every path. Raises _Refused or yaml.YAMLError."""
+def _load_yaml(text: str, duplicates: list[str] | None = None) -> tuple[Any, dict[Loc, int]]:
+    """One YAML document: its data and the line of every path. Raises _Refused or yaml.YAMLError.
+
+    Keys given twice in one mapping are added to ``duplicates`` (``line: path: message``).
+    """
     loader = _ManifestLoader(text)
     try:
         node = loader.get_single_node()
@@ -441,6 +463,8 @@ def _load_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
         if _expanded_size(node, {}) > MAX_NODES:
             raise _Refused(f"anchors and aliases expand it past {MAX_NODES:,} values "
                            "(a \"billion laughs\" file?); write the manifest out in full")
+        if duplicates is not None:
+            duplicates += _duplicate_keys(node)
         return loader.construct_document(node), _line_map(node)
     finally:
         loader.dispose()
@@ -448,8 +472,9 @@ def _load_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
 
 def parse_manifest_text(text: str, source: str = "manifest") -> Manifest:
     """Parse and validate; raises ManifestError with one line per problem, naming path and line."""
+    duplicates: list[str] = []
     try:
-        data, lines = _load_yaml(text)
+        data, lines = _load_yaml(text, duplicates)
     except yaml.YAMLError as error:
         raise ManifestError([f"{source}: not valid YAML: {_yaml_problem(error)}"]) from None
     except _Refused as error:
@@ -457,6 +482,8 @@ def parse_manifest_text(text: str, source: str = "manifest") -> Manifest:
     except ValueError as error:  # e.g. an integer of more than 4,300 digits, or the date 2024-13-45
         reason = " ".join(str(error).split()).split("; use sys.")[0]
         raise ManifestError([f"{source}: refused: a value cannot be read: {reason}"]) from None
+    if duplicates:
+        raise ManifestError([f"{source}:{line}" for line in duplicates])
     manifest, problems = problems_of(data)
     if problems:
         raise ManifestError([_describe(source, p, lines) for p in problems])

@@ -33,7 +33,7 @@ def files_for(name: str, package: str) -> dict[str, str]:
         f"data/boxes/{box}/{MODEL_FOLDER}/model.json": json.dumps(DEFAULT_MODEL, indent=2) + "\n",
         "tests/test_service.py": TEST.format(name=name),
         "README.md": README.format(name=name, package=package, box=box, folder=MODEL_FOLDER),
-        ".gitignore": "__pycache__/\ndata/files/\ndata/cache/\n",
+        ".gitignore": GITIGNORE.format(box=box),
     }
 
 
@@ -50,6 +50,16 @@ def scaffold(folder: Path, force: bool = False) -> list[Path]:
         path.write_text(text, encoding="utf-8")
     return list(planned)
 
+
+# Everything under data/ is local state (the secret that signs download links, uploads and
+# outputs in the file box, caches), except the model box the module ships with.
+GITIGNORE = """\
+__pycache__/
+data/*
+!data/boxes/
+data/boxes/*
+!data/boxes/{box}/
+"""
 
 DEFAULT_MODEL = {"weights": [0.4, -0.2, 0.1], "bias": 0.05}
 
@@ -208,9 +218,10 @@ An MLComponent module scaffolded by `mlcomponent init`.
 | `build_model.py` | writes the model into the local model box |
 | `data/boxes/{box}/{folder}/model.json` | the model, where `modelPath` finds it locally |
 | `tests/test_service.py` | serves the module and calls it |
+| `.gitignore` | keeps `data/` out of git (the secret `data/files.key`, uploads, outputs), all but the model box |
 
 ```bash
-mlcomponent validate mlcomponent.yaml      # the manifest and the docstring spec
+mlcomponent validate mlcomponent.yaml      # the manifest, the docstring spec, and the Example run once
 mlcomponent serve mlcomponent.yaml --reload  # http://127.0.0.1:8080/ is a playground
 mlcomponent infer http://127.0.0.1:8080 -i features=1,2,3 -p threshold=0.2
 python -m pytest tests                     # the module's own test

@@ -6,16 +6,34 @@ here has its entry in docs/troubleshooting.md.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
+import httpx
 import pytest
 
 from tests.checkout import Checkout
-from tests.support import ENTRYPOINTS, ROOT, SEED_MANIFEST, Server, free_port, run_cli, write_manifest
+from tests.conftest import S3_ENV, S3Endpoint
+from tests.support import (
+    ENTRYPOINTS,
+    ROOT,
+    SEED_MANIFEST,
+    Server,
+    free_port,
+    poll,
+    run_cli,
+    serve,
+    stop_group,
+    wait_until_live,
+    write_manifest,
+)
 
 TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 
@@ -216,6 +234,305 @@ def test_help_lists_every_command_with_its_whole_description() -> None:
     "is not a folder; it is relative to the manifest's folder",
     "Invalid value for",
     "is the service running there?",
+    "'inputs' and 'parameters' are swapped; write def inference(parameters, inputs, output_fields, model_key, "
+    "model=None)",
+    "missing 'model_key'",
+    "failed: SyntaxError in predict.py, line 14:",
+    "is not ready: cannot load the module: importing",
+    "unknown section 'Input:'; did you mean 'Inputs:'?",
+    "is the model file there?",
+    "it must return a tuple (outputs, model) (predict.inference in predict.py)",
+    "return what the docstring's Outputs: declares, or change the declaration",
+    '"reason": "warm-up with the docstring\'s Example failed: ',
+    "cannot be reached (EndpointConnectionError); check `endpoint:` in --boxes",
+    "the credentials are refused (InvalidAccessKeyId)",
+    "no such bucket; create it, or set `bucket:` for the box in --boxes",
+    "did you mean 'top_k'?",
+    "has no extension that tells its content type, and the function declares 'image/png'",
+    "must be a relative key inside the file box: it must not contain '..', '.' or empty segments",
+    "duplicate key 'name' (first on line 5); the later one would win here, and kubectl refuses the file",
+    "Example not run",
 ])
 def test_troubleshooting_shows_each_message(message: str) -> None:
     assert message in TROUBLESHOOTING
+
+
+# --------------------------------------------------------------------------- a first module's run-time mistakes
+
+SPEC = '''"""Score rows of two numbers.
+
+    Inputs:
+        x (FP32, shape=[-1, 2]): rows.
+
+    Outputs:
+        y (FP32, shape=[-1]): one score per row.
+
+    Example:
+        inputs:
+          x: [[1, 2]]
+    """
+'''
+LOAD = """    if model is None:
+        with open(model_key) as stream:
+            model = float(stream.read())
+"""
+GOOD_RETURN = '    return [{"name": "y", "data": [model * sum(inputs[0]["data"])]}], model\n'
+SIGNATURE = "parameters, inputs, output_fields, model_key, model=None"
+
+
+def first_module(tmp_path: Path, *, signature: str = SIGNATURE, spec: str = SPEC, body: str = LOAD + GOOD_RETURN,
+                 model: str | None = "2") -> Path:
+    """A module as a newcomer writes it, its model in the local model box (unless ``model`` is None)."""
+    folder = tmp_path / "module"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "predict.py").write_text(f"def inference({signature}):\n    {spec}{body}")
+    manifest = write_manifest(tmp_path, "predict.inference", python_path=str(folder))
+    box = tmp_path / "data" / "boxes" / "models" / "m"  # modelPath /models/model.bin, locally
+    box.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        (box / "model.bin").write_text(model)
+    return manifest
+
+
+def test_validate_runs_a_good_example_through_the_function(tmp_path: Path) -> None:
+    result = run_cli("validate", str(first_module(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert "predict.inference: Example OK (ran through the function in a worker)" in result.stdout
+
+
+@pytest.mark.parametrize(("mistake", "module", "expected"), [
+    ("forgot , model", {"body": LOAD + '    return [{"name": "y", "data": [1.0]}]\n'},
+     "inference returned list; it must return a tuple (outputs, model) (predict.inference in predict.py)"),
+    ("missing model file", {"model": None},
+     "FileNotFoundError: [Errno 2] No such file or directory: '{model}' (predict.py, line 15); is the model file "
+     "there? modelPath '/models/model.bin' is {model} here: put the model there, or fix "
+     "spec.mlService.inference.model.modelPath"),
+    ("wrong output shape", {"body": LOAD + '    return [{"name": "y", "data": [1.0, 2.0], "shape": [1, 2]}], model\n'},
+     "output 'y': shape [1, 2] does not match the declared [-1]"),
+    ("swapped arguments", {"signature": "inputs, parameters, output_fields, model_key, model=None"},
+     "'inputs' and 'parameters' are swapped; write def inference(parameters, inputs, output_fields, model_key, "
+     "model=None)"),
+    ("missing model_key", {"signature": "parameters, inputs, output_fields, model=None"},
+     "cannot be called as inference(parameters, inputs, output_fields, model_key, model): missing 'model_key'"),
+])
+def test_validate_names_each_first_module_mistake_in_one_line(tmp_path: Path, mistake: str, module: dict[str, str],
+                                                              expected: str) -> None:
+    manifest = first_module(tmp_path, **module)
+    line = one_line(run_cli("validate", str(manifest)))
+    model = tmp_path / "data" / "boxes" / "models" / "m" / "model.bin"
+    assert expected.format(model=model) in line, line
+    if mistake == "wrong output shape":
+        assert line.endswith("; return what the docstring's Outputs: declares, or change the declaration"), line
+    if "arguments" not in mistake and "model_key" not in mistake:  # a run-time mistake: --no-run skips it
+        skipped = run_cli("validate", "--no-run", str(manifest))
+        assert skipped.returncode == 0 and "Example" not in skipped.stdout, skipped.stdout + skipped.stderr
+
+
+def test_a_failed_warmup_says_why_to_every_caller_and_logs_the_users_frames_once(tmp_path: Path) -> None:
+    manifest = first_module(tmp_path, model=None)
+    cause = "FileNotFoundError: [Errno 2] No such file or directory: "
+    with serve(manifest, data_root=tmp_path / "data") as server, server.client() as client:
+        poll(lambda: "reason" in client.get("/v2/health/ready").json(), "the warm-up to fail")
+        ready = client.get("/v2/health/ready")
+        reason = ready.json()["reason"]
+        assert ready.status_code == 503 and reason.startswith("warm-up with the docstring's Example failed: " + cause)
+        assert reason.endswith("(predict.py, line 15)"), reason
+        assert client.get("/v2/models/test-model/ready").json()["reason"] == reason
+        assert client.get("/v2/models/test-model").json()["parameters"]["reason"] == reason
+        infer = client.post("/v2/models/test-model/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
+        assert infer.status_code == 503
+        assert infer.json()["error"] == f"model 'test-model' is not ready: {reason}"
+    log = server.output()
+    assert log.count("Traceback") == 1, log
+    assert 'File "' + str(tmp_path / "module" / "predict.py") + '", line 15, in inference' in log
+    assert "mlcomponent/runtime" not in log and "asyncio" not in log, log  # the user's own frames only
+
+
+def test_a_misspelled_section_header_fails_validate_with_a_did_you_mean(tmp_path: Path) -> None:
+    manifest = first_module(tmp_path, spec=SPEC.replace("Inputs:", "Input:"))
+    line = one_line(run_cli("validate", str(manifest)))
+    assert "docstring line 3 (source line 4): unknown section 'Input:'; did you mean 'Inputs:'?" in line, line
+
+
+def test_file_keys_without_an_extension_say_how_to_give_a_content_type() -> None:
+    from mlcomponent.errors import BadRequest
+    from mlcomponent.protocol.request import decode_request
+    from mlcomponent.spec.docstring import parse_docstring
+
+    spec = parse_docstring("Scan.\n\n    Inputs:\n        scan (FILE, content_type=image/png): a scan.\n")
+
+    def message(key: str) -> str:
+        with pytest.raises(BadRequest) as raised:
+            decode_request({"inputs": [{"name": "scan", "datatype": "FILE", "shape": [1], "data": key}]}, spec)
+        return raised.value.message
+
+    assert message("uploads/scan") == (
+        "input 'scan': the key 'uploads/scan' has no extension that tells its content type, and the function "
+        "declares 'image/png'; send \"parameters\": {\"content_type\": \"image/png\"} with the input, or name the "
+        "key with its extension")
+    for key in ("../x", "../x.png", "/etc/x"):  # confinement first, whatever the extension
+        assert message(key) == (f"input 'scan': key {key!r} must be a relative key inside the file box: it must "
+                                "not contain '..', '.' or empty segments, nor start with '/'")
+    assert "None" not in message("uploads/scan")
+
+
+def test_inits_gitignore_keeps_the_secret_and_local_data_out_of_git(tmp_path: Path) -> None:
+    folder = tmp_path / "my-module"
+    assert run_cli("init", str(folder)).returncode == 0
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    (folder / "data" / "files.key").write_text("secret")
+    for local in ("data/boxes/users/users/alice/file_groups/photo.png", "data/files/1/x", "data/cache/b/x"):
+        (folder / local).parent.mkdir(parents=True, exist_ok=True)
+        (folder / local).write_text("x")
+    candidates = ["data/files.key", "data/boxes/users/users/alice/file_groups/photo.png", "data/files/1/x",
+                  "data/cache/b/x", "data/boxes/my-module-data/users/developer/file_groups/models/model.json"]
+    ignored = subprocess.run(["git", "check-ignore", *candidates], cwd=folder, capture_output=True, text=True).stdout
+    assert ignored.split() == candidates[:-1]  # all but the model the module ships with
+
+
+def test_a_syntax_error_in_the_module_is_one_line(tmp_path: Path) -> None:
+    manifest = first_module(tmp_path, body="    return [}\n")
+    expected = "importing 'predict' failed: SyntaxError in predict.py, line 14: closing parenthesis '}' does not " \
+               "match opening parenthesis '[': return [}"
+    assert one_line(run_cli("validate", str(manifest))).endswith(expected)
+    served = one_line(run_cli("serve", str(manifest), "--port", str(free_port()), timeout=60))
+    assert served == f"cannot start: {expected}"
+
+
+def test_an_unreachable_s3_box_at_start_up_is_one_line(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, "echo.inference")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    boxes = tmp_path / "boxes.yaml"
+    boxes.write_text(f"boxes:\n  models:\n    s3:\n      endpoint: {endpoint}\n      region: us-east-1\n")
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"}
+    line = one_line(run_cli("serve", str(manifest), "--boxes", str(boxes), "--port", str(free_port()),
+                            "--data-root", str(tmp_path / "data"), env=env, timeout=120))
+    assert line == (f"cannot start: S3 box 'models' (bucket 'models' at {endpoint}) cannot be reached "
+                    "(EndpointConnectionError); check `endpoint:` in --boxes, or that the S3 service is up")
+
+
+def test_an_s3_bucket_that_is_not_there_at_start_up_is_one_line(tmp_path: Path, s3: S3Endpoint) -> None:
+    manifest = write_manifest(tmp_path, "echo.inference")
+    boxes = tmp_path / "boxes.yaml"
+    boxes.write_text(f"boxes:\n  models:\n    s3:\n      endpoint: {s3.url}\n      region: us-east-1\n"
+                     "      bucket: no-such-bucket-here\n")
+    line = one_line(run_cli("serve", str(manifest), "--boxes", str(boxes), "--port", str(free_port()),
+                            "--data-root", str(tmp_path / "data"), env=S3_ENV, timeout=120))
+    assert line == (f"cannot start: S3 box 'models' (bucket 'no-such-bucket-here' at {s3.url}): no such bucket; "
+                    "create it, or set `bucket:` for the box in --boxes")
+
+
+def test_reload_with_a_broken_module_answers_503_with_the_cause_at_once(tmp_path: Path) -> None:
+    folder = tmp_path / "module"
+    folder.mkdir()
+    source = folder / "echo.py"
+    source.write_text((ENTRYPOINTS / "echo.py").read_text())
+    manifest = write_manifest(tmp_path, "echo.inference", python_path=str(folder))
+    infer = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}]}
+    with serve(manifest, "--reload", data_root=tmp_path / "data", cwd=folder) as server, \
+            server.client(timeout=10) as client:
+        assert client.post("/v2/models/test-model/infer", json=infer).status_code == 200
+        source.write_text(source.read_text() + "\ndef broken(:\n")
+        deadline = time.monotonic() + 90
+        while True:  # until the reloaded process answers; each answer must come at once (10 s timeout)
+            assert time.monotonic() < deadline, server.output()
+            try:
+                answer = client.post("/v2/models/test-model/infer", json=infer)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue  # the old process stopped and the new one is not listening yet
+            if answer.status_code == 503 and "(stopping)" not in answer.text:  # not the old process, draining
+                break
+            time.sleep(0.05)
+        assert answer.json()["error"].startswith(
+            "model 'test-model' is not ready: cannot load the module: importing 'echo' failed: SyntaxError in "
+            "echo.py, line "), answer.text
+        assert answer.headers["retry-after"] == "1"
+
+
+def test_an_unknown_parameter_gets_a_did_you_mean_and_shapes_read_as_in_the_docstring() -> None:
+    from mlcomponent.errors import BadRequest
+    from mlcomponent.protocol.request import decode_request
+    from mlcomponent.spec.docstring import parse_docstring
+
+    spec = parse_docstring("S.\n\n    Inputs:\n        x (FP32, shape=[-1, 4]): rows.\n\n    Parameters:\n"
+                           "        top_k (int, default=3): how many.\n")
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    with pytest.raises(BadRequest) as raised:
+        decode_request({"inputs": [x], "parameters": {"topk": 2}}, spec)
+    assert raised.value.message == "parameter 'topk' is not declared (declared parameters: top_k); did you mean 'top_k'?"
+    with pytest.raises(BadRequest) as raised:
+        decode_request({"inputs": [{**x, "shape": [4], "data": [1, 2, 3, 4]}]}, spec)
+    assert raised.value.message == "input 'x': shape [4] does not match the declared shape [-1, 4] (-1: any size)"
+
+
+def test_max_batch_size_without_batching_refuses_before_any_worker_is_announced(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, "echo.inference")
+    result = run_cli("serve", str(manifest), "--max-batch-size", "8", "--port", str(free_port()),
+                     "--data-root", str(tmp_path / "data"), timeout=60)
+    line = one_line(result)
+    assert line.startswith("cannot start: echo.inference: --max-batch-size/--max-batch-delay need"), line
+    assert "started" not in result.stdout + result.stderr
+
+
+def test_duplicate_keys_in_a_manifest_fail_validate_with_the_yaml_path(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, "echo.inference")
+    text = manifest.read_text().replace("  name: test-model\n", "  name: test-model\n  name: other\n", 1)
+    manifest.write_text(text)
+    line = one_line(run_cli("validate", str(manifest)))
+    number = text.splitlines().index("  name: other") + 1
+    assert line == (f"{manifest}:{number}: metadata.name: duplicate key 'name' (first on line {number - 1}); the "
+                    "later one would win here, and kubectl refuses the file: keep one")
+
+
+def test_serve_example_passes_one_port(tmp_path: Path) -> None:
+    """The script's arguments replace its defaults (mlcomponent stands in for itself by printing its argv)."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "serve-example.sh", tmp_path / "scripts")
+    (tmp_path / "scripts" / "setup.sh").write_text("#!/bin/sh\n")
+    model = tmp_path / "examples/iris/data/boxes/iris-data/users/developer/file_groups/models/iris.joblib"
+    model.parent.mkdir(parents=True)
+    model.write_text("")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "mlcomponent").write_text('#!/bin/sh\necho "$@"\n')
+    for script in ("scripts/setup.sh", ".venv/bin/mlcomponent"):
+        (tmp_path / script).chmod(0o755)
+    printed = subprocess.run(["bash", str(tmp_path / "scripts" / "serve-example.sh"), "--port", "9000"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert printed == ["serve", "examples/iris/mlcomponent.yaml", "--host", "127.0.0.1", "--port", "9000"]
+    printed = subprocess.run(["bash", str(tmp_path / "scripts" / "serve-example.sh")], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PORT": "8090"}).stdout.split()
+    assert printed == ["serve", "examples/iris/mlcomponent.yaml", "--host", "127.0.0.1", "--port", "8090"]
+
+
+def test_the_readme_and_the_docstring_spec_say_where_things_go() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "/tmp/" not in readme  # outputs go beside the example (data/ is ignored by git), not a fixed /tmp folder
+    spec = (ROOT / "docs" / "docstring-spec.md").read_text()
+    assert "relative to the module's own folder" not in spec
+    assert "relative to the folder of the Python file\nthat defines the function" in spec
+
+
+def test_refused_s3_credentials_at_start_up_are_one_line(tmp_path: Path) -> None:
+    """moto in server mode checks signatures only when asked to (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with log.open("wb") as sink:
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(endpoint, moto, log, path="/moto-api/")
+        manifest = write_manifest(tmp_path, "echo.inference")
+        boxes = tmp_path / "boxes.yaml"
+        boxes.write_text(f"boxes:\n  models:\n    s3:\n      endpoint: {endpoint}\n      region: us-east-1\n")
+        line = one_line(run_cli("serve", str(manifest), "--boxes", str(boxes), "--port", str(free_port()),
+                                "--data-root", str(tmp_path / "data"), timeout=120,
+                                env={"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}))
+    finally:
+        stop_group(moto)
+    assert line == (f"cannot start: S3 box 'models' (bucket 'models' at {endpoint}): the credentials are refused "
+                    "(InvalidAccessKeyId); check the access and secret keys the --boxes file names (accessKeyEnv, "
+                    "secretKeyEnv) or AWS_ACCESS_KEY_ID")

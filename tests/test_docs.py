@@ -1,8 +1,11 @@
-"""The README, followed as a new user follows it: in a fresh copy of the repository, right after
-its first command (``./scripts/serve-example.sh``), in the .venv that command made.
+"""The README and docs/*.md, followed as a new user follows them: in a fresh copy of the repository,
+right after the README's first command (``./scripts/serve-example.sh``), in the .venv that command made.
 
-Every block marked ``runnable`` runs in a terminal with that .venv activated; the examples
-table's "serve it" commands are run as written (on free ports) for the blocks that call them.
+Every block marked ``runnable`` (README and docs/*.md) runs in a terminal with that .venv activated;
+the examples table's "serve it" commands, and the docs' ``bash serve`` blocks, are run as written (on
+free ports) for the blocks that call them. In docs/*.md every ``bash`` or ``python`` block is marked:
+``runnable``, ``serve`` (a service the other blocks call), or ``not-run`` (it needs what a test run
+has not: a cluster, a registry, minutes of benchmarks; or it is a fragment of a function).
 Nothing here uses the test run's own virtualenv, so the tour fails here when it fails for a
 new user (a package the first command does not install, a port the tour leaves busy, ...).
 """
@@ -21,7 +24,14 @@ from tests.checkout import Checkout
 from tests.support import ROOT, Server, free_port, not_run, stop_group, wait_ready, wait_until_live
 
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"^```(bash|python) runnable\n(.*?)^```", README, re.M | re.S)
+DOCS = {path.name: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
+FENCE = r"^```(bash|python)( [^\n]*)?\n(.*?)^```"
+BLOCKS = [(language, body) for language, _, body in re.findall(FENCE, README, re.M | re.S) if _ == " runnable"]
+DOC_BLOCKS = [(name, language, (info or "").strip(), body) for name, text in DOCS.items()
+              for language, info, body in re.findall(FENCE, text, re.M | re.S)]
+# The docs' own services (``bash serve`` blocks): one `mlcomponent serve ... --port N` command each.
+DOC_SERVE = [body.strip() for _, _, info, body in DOC_BLOCKS if info == "serve"]
+DOC_RUNNABLE = [(name, language, body) for name, language, info, body in DOC_BLOCKS if info == "runnable"]
 # The examples table: | [`examples/...`](...) | what it shows | `serve command` |
 TABLE = re.findall(r"^\| \[`(examples/[^`]+)`\]\([^)]*\) \| [^|]* \| `([^`]+)` \|$", README, re.M)
 TOUR_URL = "http://127.0.0.1:8080"
@@ -30,9 +40,10 @@ EXPECTED = {
     "Client(": ["setosa", "virginica"],
     f"mlcomponent infer {TOUR_URL}": ["label", "setosa"],
     "/v2/models/iris-classifier/infer": ['"label"'],
-    "mlcomponent init": ["1 passed", "docstring spec OK"],
+    "mlcomponent validate examples/iris/mlcomponent.yaml": ["docstring spec OK", "Example OK"],
+    "mlcomponent init": ["1 passed", "docstring spec OK", "Example OK (ran through the function in a worker)"],
     "mlcomponent render": ["kind: Deployment", "kind: Service"],
-    "table=@": ["predictions", "/tmp/iris-out/"],
+    "table=@": ["predictions", "examples/iris/data/out/"],
     "/v2/models/digits/infer": ['"label"'],
     "for manifest in": ["(MLComponent iris-classifier)", "(MLComponent iris-table)", "(MLComponent digits)"],
 }
@@ -40,6 +51,20 @@ EXPECTED = {
 
 def urls_in(code: str) -> set[str]:
     return set(re.findall(r"http://127\.0\.0\.1:\d+", code))
+
+
+def addresses_in(code: str) -> set[str]:
+    """``127.0.0.1:PORT`` of the documented services (8080 up) a block calls, over HTTP or gRPC."""
+    return {f"127.0.0.1:{port}" for port in re.findall(r"127\.0\.0\.1:(\d+)", code) if int(port) >= 8080}
+
+
+def test_every_code_block_in_the_docs_is_marked() -> None:
+    """A bash or python block in docs/*.md runs in the tests unless it says why not."""
+    unmarked = [(name, body[:60]) for name, _, info, body in DOC_BLOCKS
+                if info not in ("runnable", "serve") and not info.startswith("not-run")]
+    assert unmarked == [], "mark each as runnable, serve, or not-run (with the reason after it)"
+    assert len(DOC_RUNNABLE) >= 20 and DOC_SERVE, (len(DOC_RUNNABLE), DOC_SERVE)
+    assert all(re.fullmatch(r"mlcomponent serve \S+( --\S+ \d+)+", command) for command in DOC_SERVE), DOC_SERVE
 
 
 def test_the_readme_has_runnable_blocks_for_each_step() -> None:
@@ -69,26 +94,35 @@ def test_the_examples_table_gives_each_example_its_own_port() -> None:
 @pytest.fixture(scope="module")
 def examples_served(fresh_checkout: Checkout, readme_first_command: Server,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """README URL -> the URL of the service the examples table's command for it started."""
-    urls = {TOUR_URL: readme_first_command.url}
+    """Documented URL -> the URL of the service the examples table's (or the docs') command for it started.
+
+    Keys are ``http://127.0.0.1:PORT`` and ``127.0.0.1:PORT`` (gRPC ports too).
+    """
+    urls = {TOUR_URL: readme_first_command.url, TOUR_URL.removeprefix("http://"): readme_first_command.url[7:]}
     started = []
     try:
-        for example, command in TABLE[1:]:  # all started first, then waited for: they start side by side
-            readme_port = re.search(r"--port (\d+)", command)
-            assert readme_port, command
-            port = free_port()
+        commands = [(Path(example).parent, command) for example, command in TABLE[1:]]
+        commands += [(Path("examples/iris"), command) for command in DOC_SERVE]
+        for folder, command in commands:  # all started first, then waited for: they start side by side
+            documented = dict(re.findall(r"--((?:grpc-)?port) (\d+)", command))
+            assert "port" in documented, command
+            ports = {option: free_port() for option in documented}
+            for option, port in ports.items():
+                command = command.replace(f"--{option} {documented[option]}", f"--{option} {port}")
             log = tmp_path_factory.mktemp("example") / "serve.log"
             with log.open("wb") as sink:
                 process = subprocess.Popen(
-                    ["bash", "-euo", "pipefail", "-c",
-                     ". .venv/bin/activate\n" + command.replace(readme_port.group(0), f"--port {port}")],
+                    ["bash", "-euo", "pipefail", "-c", ". .venv/bin/activate\n" + command],
                     cwd=fresh_checkout.root, stdout=sink, stderr=subprocess.STDOUT, env=fresh_checkout.env(),
                     start_new_session=True)
-            started.append((example, readme_port.group(1), f"http://127.0.0.1:{port}", process, log))
-        for example, readme_port_number, url, process, log in started:
+            started.append((folder, documented, ports, process, log))
+        for folder, documented, ports, process, log in started:
+            url = f"http://127.0.0.1:{ports['port']}"
             wait_until_live(url, process, log, deadline_s=300)
-            wait_ready(Server(url, process, log, fresh_checkout.root / Path(example).parent / "data"))
-            urls[f"http://127.0.0.1:{readme_port_number}"] = url
+            wait_ready(Server(url, process, log, fresh_checkout.root / folder / "data"))
+            urls[f"http://127.0.0.1:{documented['port']}"] = url
+            for option, port in ports.items():
+                urls[f"127.0.0.1:{documented[option]}"] = f"127.0.0.1:{port}"
         yield urls
     finally:
         for _, _, _, process, _ in started:
@@ -118,6 +152,30 @@ def test_readme_block_runs(request: pytest.FixtureRequest, fresh_checkout: Check
         if needle in body:
             for text in expected:
                 assert text in result.stdout, f"{text!r} missing from the output\n{report}"
+
+
+@pytest.mark.parametrize(("name", "language", "body"), DOC_RUNNABLE,
+                         ids=[f"{name}-block{i}" for i, (name, _, _) in enumerate(DOC_RUNNABLE)])
+def test_docs_block_runs(request: pytest.FixtureRequest, fresh_checkout: Checkout, readme_first_command: Server,
+                         name: str, language: str, body: str) -> None:
+    if re.search(r"^curl ", body, re.M) and shutil.which("curl") is None:
+        not_run("curl is not installed (scripts/test.sh installs it as root: apt-get install --no-install-recommends curl)")
+    wanted = addresses_in(body)
+    urls = request.getfixturevalue("examples_served") if wanted - {"127.0.0.1:8080"} else {
+        "127.0.0.1:8080": readme_first_command.url.removeprefix("http://")}
+    code = body
+    for address in wanted:
+        assert address in urls, f"docs/{name}: the block calls {address}, which nothing in the docs serves"
+    # one pass, so that a replaced port is never replaced again
+    code = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: urls.get(m.group(0), m.group(0)), code)
+    if language == "bash":
+        result = fresh_checkout.bash(code)
+    else:
+        result = subprocess.run([str(fresh_checkout.venv / "bin" / "python"), "-c", code], cwd=fresh_checkout.root,
+                                capture_output=True, text=True, env=fresh_checkout.env(), timeout=120)
+    report = f"docs/{name} block failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.returncode == 0, report
+    assert "Traceback" not in result.stderr, report
 
 
 def test_following_the_readme_leaves_no_untracked_files(fresh_checkout: Checkout) -> None:

@@ -115,7 +115,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Exa
             "iris-classifier": Example(
                 "iris-classifier", *served["iris-classifier"], [["features", "FP32", [3, 4], features]],
                 ["label", "class_index", "probabilities"], [["features", "FP32", [1, 3], [[1.0, 2.0, 3.0]]]],
-                "input 'features': shape [1, 3] does not match the declared shape ['any', 4]"),
+                "input 'features': shape [1, 3] does not match the declared shape [-1, 4] (-1: any size)"),
             "iris-table": Example(
                 "iris-table", *served["iris-table"], [["table", "BYTES", [1], [key + "flowers.csv"]]],
                 ["predictions", "rows"], [["table", "BYTES", [1], [key + "three.png"]]],

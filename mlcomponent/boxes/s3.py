@@ -43,6 +43,29 @@ def _trouble(box: str, doing: str, key: str, error: Exception) -> MLComponentErr
                           retry_after=5)
 
 
+def unreachable(error: Exception, box: S3Box) -> BoxUnavailable:
+    """One line for an S3 box that cannot be listed: the endpoint, the credentials or the bucket."""
+    where = f"S3 box {box.name!r} (bucket {box.bucket!r} at {box.client.meta.endpoint_url})"
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                    "ExpiredToken"):
+            return BoxUnavailable(f"{where}: the credentials are refused ({code}); check the access and secret "
+                                  "keys the --boxes file names (accessKeyEnv, secretKeyEnv) or AWS_ACCESS_KEY_ID")
+        if code in ("NoSuchBucket", "404"):
+            return BoxUnavailable(f"{where}: no such bucket; create it, or set `bucket:` for the box in --boxes")
+        return BoxUnavailable(f"{where}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}")
+    return BoxUnavailable(f"{where} cannot be reached ({type(error).__name__}); check `endpoint:` in --boxes, "
+                          "or that the S3 service is up")
+
+
+def _pages(pages: Any, box: S3Box) -> Iterator[Any]:
+    try:
+        yield from pages
+    except (ClientError, BotoCoreError) as error:
+        raise unreachable(error, box) from None
+
+
 class S3Box:
     def __init__(self, name: str, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None, prefix: str = "") -> None:
@@ -110,7 +133,7 @@ class S3Box:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self.prefix + (prefix.strip("/") + "/" if prefix.strip("/") else "")
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
-        for page in pages:
+        for page in _pages(pages, self):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix):]
                 if not key.endswith("/"):

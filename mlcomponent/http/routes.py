@@ -57,19 +57,29 @@ class Endpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        return json_response({"ready": self.plane.ready}, 200 if self.plane.ready else 503)
+        return json_response(self._readiness({"ready": self.plane.ready}), 200 if self.plane.ready else 503)
+
+    def _readiness(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Not ready: the body says why, in one line (a failed warm-up's exception and line)."""
+        reason = self.plane.not_ready_reason
+        return body if reason is None else {**body, "reason": reason}
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response(server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
         self.plane.check_model(request.path_params["name"])
-        return json_response(model_metadata(self.plane.model_name, self.plane.spec))
+        body = model_metadata(self.plane.model_name, self.plane.spec)
+        reason = self.plane.not_ready_reason
+        if reason is not None:
+            body["parameters"].update(ready=False, reason=reason)
+        return json_response(body)
 
     async def model_ready(self, request: Request) -> Response:
         plane = self.plane
         plane.check_model(request.path_params["name"])
-        return json_response({"name": plane.model_name, "ready": plane.ready}, 200 if plane.ready else 503)
+        return json_response(self._readiness({"name": plane.model_name, "ready": plane.ready}),
+                             200 if plane.ready else 503)
 
     async def download(self, request: Request) -> Response:
         plane = self.plane

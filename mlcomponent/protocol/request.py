@@ -7,6 +7,7 @@ or parameter.
 
 from __future__ import annotations
 
+import difflib
 import mimetypes
 from typing import Any
 
@@ -94,6 +95,9 @@ def _file_input(item: dict[str, Any], shape: Any, content_type: str | None,
         data = data[0]
     if data is not None and not isinstance(data, str):
         raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {shown(data)}")
+    if isinstance(data, str) and _outside_box(data):  # before its content type: the key is the fault
+        raise BadRequest(f"{where}: key {shown(data)} must be a relative key inside the file box: it must not "
+                         "contain '..', '.' or empty segments, nor start with '/'")
     if content_type is None and data is not None:
         content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
     return shape, data, content_type
@@ -115,14 +119,25 @@ def _tensor_data(item: dict[str, Any], datatype: str, shape: Any, declared: Tens
     return data
 
 
+def _outside_box(key: str) -> bool:
+    """The confinement rule of boxes.base.check_key, checked here so it comes first."""
+    return key.startswith("/") or "\\" in key or any(part in ("..", ".") for part in key.split("/"))
+
+
 def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], content_type: str | None,
                     data: Any, where: str) -> None:
     if declared.datatype != datatype:
         raise SpecViolation(f"{where}: datatype {datatype} does not match the declared {declared.datatype}")
     if not declared.shape_matches(shape):
-        want = [d if d >= 0 else "any" for d in declared.shape]
-        raise SpecViolation(f"{where}: shape {shown(shape)} does not match the declared shape {want}")
+        raise SpecViolation(f"{where}: shape {shown(shape)} does not match the declared shape {list(declared.shape)} "
+                            "(-1: any size)")
     if datatype == "FILE":
+        if content_type is None and declared.content_type is not None:
+            what = f"the key {shown(data)} has no extension that tells" if isinstance(data, str) else "nothing tells"
+            raise SpecViolation(
+                f"{where}: {what} its content type, and the function "
+                f"declares {declared.content_type!r}; send \"parameters\": {{\"content_type\": "
+                f"\"{declared.content_type}\"}} with the input, or name the key with its extension")
         if not declared.content_type_matches(content_type):
             raise SpecViolation(
                 f"{where}: content type {shown(content_type)} does not match the declared {declared.content_type!r}")
@@ -155,7 +170,9 @@ def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[dict[str, Any], dic
         if declared is None:
             if spec.parameters:
                 known = ", ".join(spec.parameters_by_name)
-                raise SpecViolation(f"parameter {shown(name)} is not declared (declared parameters: {known})")
+                close = difflib.get_close_matches(name, list(spec.parameters_by_name), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SpecViolation(f"parameter {shown(name)} is not declared (declared parameters: {known}){hint}")
             if not isinstance(value, PRIMITIVES) and value is not None:
                 raise BadRequest(f"parameter {shown(name)} must be a primitive value (string, number, boolean)")
         else:

@@ -54,6 +54,7 @@ class DataPlane:
         self.limits = limits or Limits()
         self.observer = observer or Observer()
         self.health = Health.STARTING
+        self.reason: str | None = None  # why warm-up failed, in one line: every 503 and readiness answer says it
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
 
@@ -61,6 +62,15 @@ class DataPlane:
     def ready(self) -> bool:
         """Warmed up, not stopping, and not stuck on a call past its deadline."""
         return self.health is Health.READY and not self.runner.stuck
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up)."""
+        if self.ready:
+            return None
+        if self.health is Health.READY:
+            return "a call that ran past its deadline is still running; retry shortly"
+        return self.reason
 
     @property
     def queued(self) -> int:
@@ -77,7 +87,8 @@ class DataPlane:
     def admit(self) -> None:
         """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
         if self.health is not Health.READY:  # a worker replaced after a deadline still takes calls: they wait
-            raise NotReady(f"model {self.model_name!r} is not ready ({self.health.value})", retry_after=1)
+            because = f": {self.reason}" if self.reason else f" ({self.health.value})"
+            raise NotReady(f"model {self.model_name!r} is not ready{because}", retry_after=1)
         if self.runner.waiting >= self.limits.max_queue:
             raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "
                            f"waiting (--max-queue {self.limits.max_queue}); retry shortly", retry_after=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcomponent.errors import EntryPointError
+from mlcomponent.runtime.cause import location, short_path, user_traceback
 
 ARGUMENTS = ("parameters", "inputs", "output_fields", "model_key", "model")
 InferenceFunction = Callable[..., Any]
@@ -53,9 +54,13 @@ def load_entry_point(python_path: Path, dotted: str) -> InferenceFunction:
         if missing:
             raise EntryPointError(_missing_dependency(module_name, missing)) from None
         raise EntryPointError(f"importing {module_name!r} failed: {error}\n{traceback.format_exc()}") from None
-    except Exception as error:  # noqa: BLE001 - any import-time failure is reported whole
-        raise EntryPointError(f"importing {module_name!r} failed: {type(error).__name__}: {error}\n"
-                              f"{traceback.format_exc()}") from None
+    except SyntaxError as error:  # one line: the file, line and what Python says (no importlib frames)
+        raise EntryPointError(syntax_error_line(module_name, error, python_path)) from None
+    except Exception as error:  # noqa: BLE001 - any import-time failure: its line, then the module's own frames
+        text = traceback.format_exc()
+        where = location(text)
+        raise EntryPointError(f"importing {module_name!r} failed: {type(error).__name__}: {error}"
+                              f"{f' ({where})' if where else ''}\n{user_traceback(text)}") from None
     function = getattr(module, function_name, None)
     if function is None:
         functions = [name for name, value in vars(module).items() if callable(value) and not name.startswith("_")]
@@ -145,6 +150,26 @@ def _module_suggestion(python_path: Path, dotted: str, missing: str) -> str:
     return f" (there: {', '.join(available)})" if available else ""
 
 
+def signature_problem(signature: inspect.Signature) -> str | None:
+    """Swapped or missing parameters, by name; None when the names say nothing (other names, *args)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return None
+    names = [p.name for p in parameters if p.kind in kinds]
+    known = [name for name in names if name in ARGUMENTS]
+    if len(known) == len(names) and len(names) < len(ARGUMENTS):
+        missing = [name for name in ARGUMENTS if name not in names]
+        return f"missing {', '.join(repr(name) for name in missing)}"
+    misplaced = [(index, name) for index, name in enumerate(names)
+                 if name in ARGUMENTS and index < len(ARGUMENTS) and ARGUMENTS[index] != name]
+    if misplaced:
+        named = [repr(name) for _, name in misplaced]
+        return f"{', '.join(named[:-1])} and {named[-1]} are swapped" if len(named) > 1 else \
+            f"{named[0]} is in position {misplaced[0][0] + 1}, where {ARGUMENTS[misplaced[0][0]]!r} is passed"
+    return None
+
+
 def _missing_dependency(module_name: str, missing: str) -> str:
     top = missing.split(".")[0]
     hint = f"pip install {EXAMPLE_PACKAGES[top]}, or pip install 'mlcomponent[examples]' for the examples" \
@@ -153,16 +178,32 @@ def _missing_dependency(module_name: str, missing: str) -> str:
             f"({sys.executable}); {hint}")
 
 
+def syntax_error_line(module_name: str, error: SyntaxError, python_path: Path) -> str:
+    """``importing 'm' failed: syntax error in m.py, line 3: invalid syntax: def f(:`` — one line."""
+    where = short_path(error.filename, str(python_path)) if error.filename else module_name
+    code = f": {' '.join(error.text.split())}" if error.text and error.text.strip() else ""
+    return (f"importing {module_name!r} failed: {type(error).__name__} in {where}, line {error.lineno}: "
+            f"{error.msg}{code}")
+
+
 def check_signature(function: Callable[..., Any], dotted: str) -> None:
+    """The function is called positionally as inference(parameters, inputs, output_fields, model_key, model):
+    its parameters are read by name, so a swapped or missing one is named."""
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         return
-    try:
-        signature.bind(*ARGUMENTS)
-    except TypeError as error:
+    problem = signature_problem(signature)
+    if problem is None:
+        try:
+            signature.bind(*ARGUMENTS)
+        except TypeError as error:
+            problem = str(error)
+    if problem is not None:
+        name = dotted.rpartition(".")[2]
         raise EntryPointError(
             f"{dotted}{signature} cannot be called as inference(parameters, inputs, output_fields, "
-            f"model_key, model): {error}") from None
+            f"model_key, model): {problem}; write def {name}(parameters, inputs, output_fields, model_key, "
+            "model=None)") from None
     if inspect.iscoroutinefunction(function):
         raise EntryPointError(f"{dotted} is async; the inference function must be a plain function")

@@ -40,6 +40,7 @@ from mlcomponent.errors import (
     WorkerDied,
 )
 from mlcomponent.runtime import memory
+from mlcomponent.runtime.cause import location, user_traceback
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.frames import HEADER, WorkerConfig, frame, frame_end, load_frame
 from mlcomponent.spec.model import FunctionSpec
@@ -404,8 +405,10 @@ class ProcessRunner:
         if kind == "ok":
             return reply[1]
         if kind == "raised":
-            log.error("inference raised:\n%s", reply[3])
-            raise FunctionFailed(f"inference raised {reply[1]}: {reply[2]}", exception_type=reply[1])
+            root = self.config.python_path
+            log.error("inference raised %s: %s\n%s", reply[1], reply[2], user_traceback(reply[3], root))
+            raise FunctionFailed(f"inference raised {reply[1]}: {reply[2]}", exception_type=reply[1],
+                                 where=location(reply[3], root))
         if kind == "invalid":
             raise InvalidInput(reply[1])
         if kind == "expired":

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from mlcomponent.errors import BadFunctionOutput, FunctionFailed, InvalidInput, NotReady, Timeout
 from mlcomponent.protocol.packed import function_data, pack_outputs
+from mlcomponent.runtime.cause import location, user_traceback
 from mlcomponent.runtime.entrypoint import InferenceFunction
 from mlcomponent.runtime.worker import exception_name
 from mlcomponent.spec.model import FunctionSpec
@@ -71,9 +73,11 @@ class InProcessRunner:
         except InvalidInput:
             raise
         except Exception as error:
-            log.exception("inference raised")
             name = exception_name(error)
-            raise FunctionFailed(f"inference raised {name}: {error}", exception_type=name) from error
+            text = traceback.format_exc()
+            log.error("inference raised %s: %s\n%s", name, error, user_traceback(text))
+            raise FunctionFailed(f"inference raised {name}: {error}", exception_type=name,
+                                 where=location(text)) from error
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from mlcomponent.errors import EntryPointError
+from mlcomponent.errors import EntryPointError, MLComponentError
 from mlcomponent.runtime.batching import Batcher, batching_for
 from mlcomponent.runtime.dataplane import DataPlane, Limits
 from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
@@ -23,7 +23,7 @@ from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.runtime.mounts import file_box, resolve_mounts, resolve_path
 from mlcomponent.runtime.retention import file_keys, run_sweeper
 from mlcomponent.runtime.runner import InProcessRunner, Runner
-from mlcomponent.runtime.warmup import example_problem, warm_up
+from mlcomponent.runtime.warmup import example_problem, warm_up, warmup_failure
 from mlcomponent.settings import Settings
 from mlcomponent.spec.docstring import DocstringSpecError, spec_of
 from mlcomponent.spec.model import BatchingSpec, FunctionSpec
@@ -68,14 +68,25 @@ def make_runner(settings: Settings, model_key: str, observer: Observer | None = 
 
 
 async def check_entry_point(settings: Settings) -> None:
-    """Start-up check without importing user code here: a worker process loads it once."""
+    """Start-up check without importing user code here: a worker process loads it once.
+
+    The probe worker is not announced ("worker ... started"): a refused flag is said before anything starts.
+    """
     runner = make_runner(settings, "")
+    quiet = _Unannounced()
+    logging.getLogger("mlcomponent.worker").addFilter(quiet)
     try:
         spec = await runner.start()
         check_example(settings.manifest.inference.entry_point.python_function, spec)
         check_batching(settings, spec)
     finally:
+        logging.getLogger("mlcomponent.worker").removeFilter(quiet)
         await runner.close()
+
+
+class _Unannounced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
 
 
 def check_batching(settings: Settings, spec: FunctionSpec) -> BatchingSpec | None:
@@ -102,7 +113,15 @@ class Service:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        spec = await self.runner.start()
+        try:
+            spec = await self.runner.start()
+        except EntryPointError as error:
+            if not self.settings.options.reload:
+                raise
+            # --reload: the module was saved broken; answer 503 with the cause until it is fixed
+            self.dataplane.reason = f"cannot load the module: {str(error).splitlines()[0]}; fix it and save"
+            log.error("%s (the service reloads when the module changes)", self.dataplane.reason)
+            return
         self.dataplane.spec = spec
         batching = check_batching(self.settings, spec)
         if batching is not None:
@@ -125,8 +144,13 @@ class Service:
     async def _run_warmup(self) -> None:
         try:
             await warm_up(self.dataplane)
-        except Exception:  # noqa: BLE001 - any failure keeps the service not ready, with the traceback
-            log.exception("warm-up with the docstring's Example failed; the service stays not ready")
+        except Exception as error:  # noqa: BLE001 - any failure keeps the service not ready, with its reason
+            entry = self.settings.manifest.inference.entry_point.python_function
+            self.dataplane.reason = warmup_failure(error, entry, self.dataplane.spec.source,
+                                                   str(self.settings.python_path))
+            # the function's own traceback (its frames only) was logged by the runner: one line here
+            log.error("%s; the service stays not ready", self.dataplane.reason,
+                      exc_info=None if isinstance(error, MLComponentError) else error)
             self.dataplane.health = Health.WARMUP_FAILED
             return
         log.info("warm-up succeeded; ready")

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlcomponent.errors import BadRequest
+from mlcomponent.errors import BadFunctionOutput, BadRequest, FunctionFailed, MLComponentError
 from mlcomponent.protocol.request import decode_request
+from mlcomponent.runtime.cause import short_path
 from mlcomponent.runtime.dataplane import DataPlane
 from mlcomponent.spec.model import FunctionSpec
 
@@ -58,6 +59,20 @@ def example_problem(spec: FunctionSpec) -> str | None:
     except BadRequest as error:
         return f"Example: {error.message}"
     return None
+
+
+def warmup_failure(error: BaseException, entry: str, source: str | None, python_path: str | None) -> str:
+    """Why warm-up failed, in one line: the exception and the line in the module's code, or what is wrong."""
+    if isinstance(error, FunctionFailed):
+        where = f" ({error.where})" if error.where else ""
+        cause = f"{error.exception_type}: {error.message.partition(': ')[2]}{where}"
+    elif isinstance(error, BadFunctionOutput):
+        cause = f"{error.message} ({entry}{f' in {short_path(source, python_path)}' if source else ''})"
+    elif isinstance(error, MLComponentError):
+        cause = error.message
+    else:
+        cause = f"{type(error).__name__}: {error}"
+    return "warm-up with the docstring's Example failed: " + " ".join(cause.split())
 
 
 async def warm_up(dataplane: DataPlane) -> None:

@@ -21,6 +21,7 @@ Every error names the line of the docstring (and of the source file when known).
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import re
 import textwrap
@@ -214,6 +215,8 @@ def _sections(lines: list[str], first_source_line: int | None) -> dict[str, Sect
         if header and not line.startswith(" "):
             name = header.group(1).strip().lower()
             current = name if name in SECTION_NAMES else None
+            if current is None:
+                _check_unknown_header(header.group(1).strip(), number, first_source_line)
             if current is not None:
                 if current in sections:
                     raise _error(f"section {header.group(1)!r} appears twice", number, first_source_line)
@@ -224,6 +227,18 @@ def _sections(lines: list[str], first_source_line: int | None) -> dict[str, Sect
         if current is not None:
             sections[current].append((number, line))
     return sections
+
+
+def _check_unknown_header(header: str, number: int, first_source_line: int | None) -> None:
+    """``Input:`` over an indented block: a misspelled section (would silently declare nothing).
+
+    Prose headers (``Note:``, ``Returns:``) stay allowed; only one close to a section name fails.
+    """
+    close = difflib.get_close_matches(header.lower(), SECTION_NAMES, n=1, cutoff=0.75)
+    if close:
+        raise _error(f"unknown section {header + ':'!r}; did you mean {close[0].capitalize() + ':'!r}? "
+                     f"(sections are: {', '.join(n.capitalize() + ':' for n in SECTION_NAMES)})",
+                     number, first_source_line)
 
 
 def _entries(body: Section, kind: str, first_source_line: int | None) -> list[Entry]:
