@@ -2,7 +2,12 @@
 
 (Adaptive batching: benchmarks/batching.py. Large tensors: benchmarks/large.py.)
 
-    .venv/bin/python benchmarks/run.py   # about 4 minutes on 2 cores (+ the peers' install, once)
+    .venv/bin/python benchmarks/run.py   # about 6 minutes on 2 cores (+ the peers' install, once)
+
+At 1, 8, 64, 256 and 1,000 connections; errors counts every answer that is not 2xx (a 503
+refusal too) and every socket error, per level, with wrk's timeout at 10 s (its default of
+2 s counts slow answers at 1,000 connections as errors; p99 shows how slow they are). (Admission under a slow model:
+benchmarks/admission.py.)
 
 The first run installs the peers (benchmarks/setup-peers.sh: MLServer and KServe in
 their own venvs, and wrk).
@@ -134,7 +139,8 @@ def running(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[b
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
-    output = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    output = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                             "--latency",
                              "-s", str(script), url], capture_output=True, text=True, check=True).stdout
 
     def latency(label: str) -> float:
@@ -148,10 +154,10 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    failed = int(errors.group(1)) if errors else 0
-    if socket_errors:
-        failed += sum(int(g) for g in socket_errors.groups())
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": failed, "requests": requests}
+    non_2xx = int(errors.group(1)) if errors else 0
+    sockets = sum(int(g) for g in socket_errors.groups()) if socket_errors else 0
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": non_2xx + sockets, "non_2xx": non_2xx,
+            "socket_errors": sockets, "requests": requests}
 
 
 def tree_cpu(pid: int) -> float:
@@ -213,7 +219,7 @@ def main() -> None:
     parser = arguments(__doc__, "latest.md")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--connections", default="1,8,64,256,1000")
     parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
     args = parser.parse_args()
     peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
@@ -264,10 +270,11 @@ def machine(client: str = "wrk") -> str:
 
 
 def rate_cells(row: dict[Any, Any], levels: list[int]) -> str:
-    """req/s, p50/p99 and errors cells of one server's row."""
+    """req/s, p50/p99 and errors (non-2xx answers and socket errors) cells of one server's row, per level."""
     runs = [row[level] for level in levels]
     return (" | ".join(f"{r['rps']:,.0f}" for r in runs) + " | "
-            + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + f" | {sum(int(r['errors']) for r in runs)}")
+            + " | ".join(f"{r['p50']:.2f} / {r['p99']:.2f}" for r in runs) + " | "
+            + " | ".join(f"{int(r['errors']):,}" for r in runs))
 
 
 def ratio_rows(results: dict[str, dict[Any, Any]], levels: list[int], label: str, bare: str) -> list[str]:
@@ -290,8 +297,9 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
     load = os.getloadavg()
     lines = [f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", "",
              "| server | " + " | ".join(f"req/s @{c}" for c in levels) + " | " +
-             " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | errors | idle RSS | loaded RSS |",
-             "|---" * (2 * len(levels) + 4) + "|"]
+             " | ".join(f"p50/p99 ms @{c}" for c in levels) + " | " +
+             " | ".join(f"errors @{c}" for c in levels) + " | idle RSS | loaded RSS |",
+             "|---" * (3 * len(levels) + 3) + "|"]
     for key, row in results.items():
         lines.append(f"| {names[key]} | {rate_cells(row, levels)} | {int(row['idle_rss']) / MB:.0f} MB | "  # type: ignore[call-overload]
                      f"{int(row['loaded_rss']) / MB:.0f} MB |")  # type: ignore[call-overload]

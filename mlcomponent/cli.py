@@ -561,5 +561,14 @@ def _check_cluster_credentials() -> None:
               "or run the operator in the cluster (kubectl apply -f deploy/)")
 
 
+def _add_shipping_commands() -> None:
+    from mlcomponent.cli_ship import COMMANDS  # build, push, upload, deploy, status
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_shipping_commands()
+
 if __name__ == "__main__":
     main()

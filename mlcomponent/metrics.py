@@ -47,6 +47,12 @@ class Metrics(Observer):
         self.batch_queue_seconds = Histogram("mlcomponent_batch_queue_seconds", "Seconds a request waited to be "
                                              "batched before its call was sent.", buckets=(0.0001, 0.00025, *BUCKETS),
                                              registry=registry)
+        self.queue_wait_seconds = Histogram("mlcomponent_queue_wait_seconds", "Seconds a call waited for the "
+                                            "calls ahead of it before it ran.", buckets=(0.0001, 0.00025, *BUCKETS),
+                                            registry=registry)
+        self.refusals = Counter("mlcomponent_refusals_total", "Requests refused (503) before they queued, by reason: "
+                                "not_ready, queue_full (--max-queue), queue_wait (--max-queue-wait), deadline (the "
+                                "request's own).", ["reason"], registry=registry)
         self._children: dict[tuple[str, int | str, str], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, endpoint: str, status: int | str, seconds: float, transport: str = "http") -> None:
@@ -69,6 +75,12 @@ class Metrics(Observer):
         self.batch_size.observe(size)
         for wait in waits:
             self.batch_queue_seconds.observe(wait)
+
+    def queue_waited(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
 
     def model_loaded(self, seconds: float) -> None:
         self.model_load.set(seconds)

@@ -37,10 +37,11 @@ apt_install() {
     || warn "apt-get install $package failed; the $what are not run"
 }
 
-say "system packages: chromium (browser tests), kubectl (Kubernetes tests), curl (README tour)"
+say "system packages: chromium (browser tests), kubectl (Kubernetes tests), curl (README tour), docker-registry (ship e2e)"
 apt_install chromium chromium "browser tests"
 apt_install kubectl kubernetes-client "Kubernetes tests"
 apt_install curl curl "README's curl steps"
+apt_install docker-registry docker-registry "ship e2e's image registry"
 
 k8s=../shared/tools/k8s
 if [ -x "$k8s/ensure.sh" ]; then

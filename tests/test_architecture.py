@@ -5,7 +5,7 @@ sibling in its own layer (``http`` and ``grpc`` are siblings: neither imports th
 
     errors, logs, options → __init__ → manifest → settings, kubernetes → spec → protocol → boxes
     → runtime → metrics → serving → http, grpc (transports) → process → client
-    → scaffold, cli_output → cli → __main__
+    → scaffold, cli_output, ship → cli_ship → cli → __main__
 
 ``kubernetes`` sits beside ``settings``: it reads manifests and never touches the
 runtime or a transport. Web frameworks are the transports' business only. Relative
@@ -34,7 +34,8 @@ LAYERS = [
     {"http", "grpc"},
     {"process"},
     {"client"},
-    {"scaffold", "cli_output"},
+    {"scaffold", "cli_output", "ship"},
+    {"cli_ship"},
     {"cli"},
     {"__main__"},
 ]

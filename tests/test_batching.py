@@ -23,7 +23,7 @@ from mlcomponent.errors import MLComponentError
 from mlcomponent.metrics import Metrics
 from mlcomponent.protocol import binary
 from mlcomponent.runtime.dataplane import DataPlane
-from mlcomponent.runtime.health import Health
+from mlcomponent.runtime.health import State
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import ServeOptions, Settings
 from mlcomponent.spec.docstring import DocstringSpecError, parse_docstring
@@ -48,7 +48,7 @@ async def served(tmp_path: Path, function: str, **options: Any) -> AsyncIterator
     recorder = Recorder()
     service = Service(settings, sync_boxes=False, observer=recorder)
     await service.start()
-    assert service.dataplane.health is Health.READY
+    assert service.dataplane.health.state is State.READY
     try:
         yield service.dataplane, recorder
     finally:
@@ -136,29 +136,26 @@ def test_a_batch_never_exceeds_max_batch_size_rows(tmp_path: Path, log: Path) ->
     assert sorted(calls(log)) == [2, 4, 4]
 
 
-def test_a_bad_output_dimension_fails_every_member_saying_so(tmp_path: Path, log: Path) -> None:
+def test_a_bad_output_dimension_is_found_by_rerunning_halves_each_member_its_own_error(tmp_path: Path,
+                                                                                       log: Path) -> None:
     async def scenario(plane: DataPlane, recorder: Recorder) -> None:
         results = await asyncio.gather(*(infer(plane, rows_body([[1, 2]] * n, mode="bad_rows")) for n in (1, 2)))
-        for error in results:
+        for error, rows in zip(results, (1, 2), strict=True):
             assert isinstance(error, MLComponentError) and error.status == 500
-            assert "first dimension 2 does not match the batch's 3 rows" in error.message
-            assert "merged with 1 other request(s) into one call" in error.message
+            assert f"first dimension {rows - 1} does not match the batch's {rows} rows" in error.message
+            assert "merged" not in error.message
     run_served(tmp_path, "batched.rows", scenario)
-    assert calls(log) == [3]
+    assert calls(log) == [3, 1, 2]  # the merged call, then each half alone
 
 
-def test_a_function_that_raises_fails_every_member_of_its_batch(tmp_path: Path, log: Path) -> None:
+def test_a_function_that_raises_for_every_member_fails_each_with_its_own_error(tmp_path: Path, log: Path) -> None:
     async def scenario(plane: DataPlane, recorder: Recorder) -> None:
         results = await asyncio.gather(*(infer(plane, rows_body([[1, 2]], mode="raise")) for _ in range(3)))
         for error in results:
             assert isinstance(error, MLComponentError) and error.status == 500
-            assert "inference raised ValueError: no rows today" in error.message
-            assert "merged with 2 other request(s)" in error.message
-        # the next request runs on its own, and is told nothing about batches
-        alone = await infer(plane, rows_body([[1, 2]], mode="raise"))
-        assert isinstance(alone, MLComponentError) and "merged" not in alone.message
+            assert error.message == "inference raised ValueError: no rows today"
     run_served(tmp_path, "batched.rows", scenario)
-    assert calls(log) == [3, 1]
+    assert calls(log) == [3, 2, 1, 1, 1]  # halves down to single requests
 
 
 def test_each_member_keeps_its_own_deadline_and_nothing_runs_twice(tmp_path: Path, log: Path) -> None:

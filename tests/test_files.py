@@ -148,7 +148,7 @@ def test_the_request_folder_is_gone_before_the_answer_starts(tmp_path: Path, mod
     from mlcomponent.boxes.local import LocalBox
     from mlcomponent.http.infer import InferEndpoint
     from mlcomponent.runtime.dataplane import DataPlane
-    from mlcomponent.runtime.health import Health
+    from mlcomponent.runtime.health import State
     from mlcomponent.runtime.runner import InProcessRunner
     from mlcomponent.spec.model import UNDECLARED
 
@@ -162,7 +162,7 @@ def test_the_request_folder_is_gone_before_the_answer_starts(tmp_path: Path, mod
     root = tmp_path / "requests"
     root.mkdir()
     plane = DataPlane(MODEL, InProcessRunner(module.inference, UNDECLARED, "key"), box, root)
-    plane.health = Health.READY
+    plane.health.move(State.READY)
     body = orjson.dumps({"inputs": [file_input("inbox/a.txt")], "outputs": [COPY], "parameters": {"mode": mode}})
     seen: list[tuple[int, list[Path]]] = []
 

@@ -74,7 +74,7 @@ def test_rendered_deployment_has_what_the_platform_needs() -> None:
     assert install["command"][-1] == f"mlcomponent=={__version__}"
     assert sync["command"][3:6] == ["sync-box", "mymodule-data-box", "/home/path/to"]
     secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in main["env"] if "valueFrom" in e}
-    assert secret_refs == {"users-s3"}  # the copyS3Box's credentials
+    assert secret_refs == {"users-s3", "somename-mlcmp-files"}  # the copyS3Box's credentials; the links' key
     assert objects["Service"]["spec"]["ports"] == [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
         {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]

@@ -137,7 +137,7 @@ class InferenceService:
             raise BadRequest(f"malformed ModelInferRequest: {error}") from None
         plane = self.plane
         plane.check_model(message.model_name)
-        plane.admit()
+        plane.admit()  # refused before decoding; request_scope admits (and counts) it again
         deadline = context.time_remaining()
         body, raw_answer = request_body(message, deadline)
         if deadline is None:  # only the client going away cancels it: nobody is left to answer
@@ -153,11 +153,8 @@ class InferenceService:
         return response_message(response, raw_answer)
 
     async def _infer(self, body: dict[str, Any], arrived: float) -> InferenceResponse:
-        files = self.plane.request_files()
-        try:
+        async with self.plane.request_scope() as files:  # a failed request keeps nothing in the box
             return await self.plane.infer(body, files, arrived=arrived)
-        finally:
-            files.cleanup()
 
     def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
         def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any) -> grpc.RpcMethodHandler:

@@ -2,14 +2,13 @@
 
 A pure ASGI app (the hot path: no request objects). It reads the body as JSON, as
 JSON + binary tensors (``Inference-Header-Content-Length``) or as multipart (files
-streamed into the request folder), hands the decoded V2 body to the data plane,
-cleans the request's files up (a failed request's uploads and outputs leave the file
-box too) and only then answers.
+streamed into the request folder) inside the data plane's ``request_scope`` (a failed
+request's uploads and outputs leave the file box too; the folder is removed) and only
+then answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,24 +54,17 @@ class InferEndpoint:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, hold: Hold) -> None:
         plane = self.plane
-        files: RequestFiles | None = None
         try:
             plane.check_model(model_of_infer_path(scope["path"]) or "")
-            plane.admit()
-            files = plane.request_files()
-            body = await self._read_body(scope, receive, files, hold)
-            response = await plane.infer(body, files, arrived=scope.get("mlcomponent.arrived"))
-            del body  # the decoded request holds what it needs
-            payload, headers = result_payload(response, scope)
-            hold.count(len(payload))  # held until written (or --write-timeout frees it)
+            async with plane.request_scope() as files:  # admitted (or 503); a failure keeps nothing in the box
+                body = await self._read_body(scope, receive, files, hold)
+                response = await plane.infer(body, files, arrived=scope.get("mlcomponent.arrived"))
+                del body  # the decoded request holds what it needs
+                payload, headers = result_payload(response, scope)
+                hold.count(len(payload))  # held until written (or --write-timeout frees it)
             status = 200
         except Exception as error:  # noqa: BLE001 - the service never dies on a request
             status, payload, headers = error_payload(error, scope)
-            if files is not None and files.in_box:
-                await asyncio.to_thread(files.discard)  # a failed request keeps nothing in the box
-        finally:
-            if files is not None:  # before the answer: a client that saw it finds nothing left behind
-                await asyncio.to_thread(files.cleanup)  # rmtree: never on the event loop
         await respond(send, status, payload, headers)
 
     async def _read_body(self, scope: Scope, receive: Receive, files: RequestFiles, hold: Hold) -> Any:

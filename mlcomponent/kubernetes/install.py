@@ -39,6 +39,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps", "services", "persistentvolumeclaims"],
      "verbs": ["get", "list", "watch", "create", "patch", "update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+    # the files Secret (created once, never updated) and the box credentials the model poll lists S3 with
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
     # why a component is not ready: its pods' container states and their last log lines
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -81,8 +83,10 @@ def operator_container(image: str) -> dict[str, Any]:
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "USER", "value": NAME}],
         "ports": [{"name": "health", "containerPort": 8080, "protocol": "TCP"}],
         # /healthz answers once kopf has started: ready, then kept alive
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 20},
+        # one Python process: a busy node (pods installing) may delay an answer past the 1 s default
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 20, "timeoutSeconds": 10,
+                          "failureThreshold": 6},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                          {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},

@@ -9,7 +9,12 @@ configuration lives in kopf's ``memo``, set once by ``run``.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import logging
+import secrets
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +24,17 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from mlcomponent.kubernetes.crd import PLURAL, VERSION
-from mlcomponent.kubernetes.render import MANAGED_BY, OperatorConfig, UnknownRegistry, render, service_url
+from mlcomponent.kubernetes.render import (
+    FILES_SECRET_KEY,
+    MANAGED_BY,
+    MODEL_CONTENT,
+    OperatorConfig,
+    UnknownRegistry,
+    files_secret_name,
+    labels,
+    render,
+    service_url,
+)
 from mlcomponent.kubernetes.status import Readiness, deployment_readiness, readiness, ready_condition
 from mlcomponent.manifest import API_GROUP, Manifest, format_loc, problems_of
 
@@ -102,6 +117,125 @@ def _ready_condition(conditions: list[dict[str, Any]]) -> dict[str, Any]:
     return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
+def ensure_files_secret(manifest: Manifest, body: Any) -> None:
+    """One random signing key per component, owned by it: made once, never replaced by us."""
+    namespace = manifest.metadata.namespace or "default"
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": files_secret_name(manifest), "namespace": namespace, "labels": labels(manifest)},
+              "data": {FILES_SECRET_KEY: base64.b64encode(secrets.token_urlsafe(32).encode()).decode()}}
+    kopf.append_owner_reference(secret, owner=body)
+    try:
+        client.CoreV1Api(_api()).create_namespaced_secret(namespace, secret)
+    except ApiException as error:
+        if error.status == 409:  # it exists: links signed with it stay valid
+            return
+        raise kopf.TemporaryError(f"creating Secret {secret['metadata']['name']}: {error.reason}", delay=5) from None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """The model poll runs every period: say each problem once, not every 30 s."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
+def _box_credentials(namespace: str, box: str, config: OperatorConfig) -> tuple[str, str] | None:
+    try:
+        found = client.CoreV1Api(_api()).read_namespaced_secret(config.box_secret.format(box=box), namespace)
+    except ApiException as error:
+        _warn_once(f"model box {box}: no credentials Secret {config.box_secret.format(box=box)} in {namespace} "
+                   f"({error.reason}); its new models are not noticed")
+        return None
+    data = found.data or {}
+    try:
+        return (base64.b64decode(data[config.access_key_key]).decode(),
+                base64.b64decode(data[config.secret_key_key]).decode())
+    except KeyError as error:
+        _warn_once(f"model box {box}: its Secret has no key {error}; its new models are not noticed")
+        return None
+
+
+_CLIENTS = threading.Lock()
+
+
+@lru_cache(maxsize=64)
+def _s3_client(endpoint: str | None, region: str | None, access_key: str, secret_key: str) -> Any:
+    """One client per box credentials, made once: a new boto3 session and client cost ~0.1 s
+    of CPU, and the poll runs every period for every component."""
+    from botocore.config import Config
+
+    with _CLIENTS:  # a boto3 session is not safe to make clients from in two threads at once
+        return _session().client(
+            "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10,
+                          s3={"addressing_style": "path"}))
+
+
+@lru_cache(maxsize=1)
+def _session() -> Any:
+    import boto3
+
+    return boto3.session.Session()
+
+
+def content_hash(objects: list[tuple[str, str, int]]) -> str:
+    """A short hash of (key, ETag, size) under the model's subPath: a new upload is a new hash."""
+    digest = hashlib.sha256()
+    for key, etag, size in sorted(objects):
+        digest.update(f"{key}\0{etag}\0{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_content(manifest: Manifest, config: OperatorConfig) -> str | None:
+    """The content hash of the model box's subPath in S3; None when it cannot be listed (kept as it was)."""
+    box = manifest.box(manifest.inference.model.model_box)
+    if box.mount_s3_box is None:
+        return None
+    namespace = manifest.metadata.namespace or "default"
+    credentials = _box_credentials(namespace, box.s3_box_name, config)
+    if credentials is None:
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = _s3_client(config.s3_endpoint, config.s3_region, *credentials)
+    prefix = box.mount_s3_box.sub_path.strip("/")
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=box.s3_box_name,
+                                                              Prefix=f"{prefix}/" if prefix else "")
+        listed = [(str(o["Key"]), str(o.get("ETag", "")).strip('"'), int(o["Size"]))
+                  for page in pages for o in page.get("Contents", [])]
+    except (BotoCoreError, ClientError) as error:
+        _warn_once(f"model box {box.s3_box_name}: cannot list {box.mount_s3_box.sub_path!r}: {error}")
+        return None
+    return content_hash(listed)
+
+
+def _deployed_content(namespace: str, name: str) -> str | None:
+    """The content hash the Deployment's pods were made for ("" for none; None: no Deployment yet)."""
+    try:
+        found = client.AppsV1Api(_api()).read_namespaced_deployment(name, namespace)
+    except ApiException:
+        return None
+    template = found.spec.template.metadata if found.spec and found.spec.template else None
+    return str(((template.annotations if template else None) or {}).get(MODEL_CONTENT, ""))
+
+
+def _apply_all(manifest: Manifest, config: OperatorConfig, body: Any, content: str | None) -> dict[str, Any]:
+    """The files Secret, then every rendered object; returns the Deployment as applied."""
+    ensure_files_secret(manifest, body)
+    deployment: dict[str, Any] = {}
+    for obj in render(manifest, config, content):
+        kopf.append_owner_reference(obj, owner=body)
+        applied = apply(obj)
+        if obj["kind"] == "Deployment":
+            deployment = applied
+    return deployment
+
+
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL)
@@ -110,17 +244,16 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
     if problems or manifest is None:
         raise _refuse(body, patch, "InvalidSpec", "\n".join(f"{format_loc(p.loc)}: {p.message}" for p in problems))
     try:
-        objects = render(manifest, memo.config)
+        render(manifest, memo.config)  # refused before anything is applied
     except UnknownRegistry as error:
         raise _refuse(body, patch, "UnknownPackageRegistry", str(error)) from None
     except ValueError as error:
         raise _refuse(body, patch, "InvalidSpec", str(error)) from None
-    deployment: dict[str, Any] = {}
-    for obj in objects:
-        kopf.append_owner_reference(obj, owner=body)
-        applied = apply(obj)
-        if obj["kind"] == "Deployment":
-            deployment = applied
+    namespace = manifest.metadata.namespace or "default"
+    content = model_content(manifest, memo.config) or _deployed_content(namespace, manifest.metadata.name) or None
+    deployment = _apply_all(manifest, memo.config, body, content)
+    if content:
+        patch.status["modelContent"] = content
     generation = body["metadata"].get("generation")
     state = current_readiness(manifest.metadata.namespace or "default", manifest.metadata.name, deployment)
     current = _ready_condition((body.get("status") or {}).get("conditions") or [])
@@ -155,6 +288,68 @@ def refresh(namespace: str, name: str, deployment: dict[str, Any] | None = None)
         api.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, patch)
     except ApiException as error:
         raise kopf.TemporaryError(f"updating MLComponent {name} status: {error.reason}", delay=2) from None
+
+
+def check_model(body: dict[str, Any], config: OperatorConfig) -> str | None:
+    """New objects under the model's subPath roll the Deployment (new pods sync them); returns the new hash."""
+    manifest, problems = problems_of(manifest_data(body))
+    current = _ready_condition((body.get("status") or {}).get("conditions") or [])
+    if problems or manifest is None or current.get("reason") in REFUSED:
+        return None
+    namespace, name = manifest.metadata.namespace or "default", manifest.metadata.name
+    deployed = _deployed_content(namespace, name)
+    content = model_content(manifest, config)
+    if content is None or deployed is None or content == deployed:
+        return None  # unknown, not reconciled yet (reconcile puts it in), or unchanged
+    log.info("[%s/%s] the model changed (%s -> %s): rolling out", namespace, name, deployed or "none", content)
+    _apply_all(manifest, config, body, content)
+    client.CustomObjectsApi(_api()).patch_namespaced_custom_object_status(
+        API_GROUP, VERSION, namespace, PLURAL, name, {"status": {"modelContent": content}})
+    return content
+
+
+def poll_models(config: OperatorConfig, namespaces: list[str]) -> int:
+    """One pass over every MLComponent watched; how many rolled."""
+    api = client.CustomObjectsApi(_api())
+    if namespaces:
+        found = [item for namespace in namespaces
+                 for item in api.list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL)["items"]]
+    else:
+        found = api.list_cluster_custom_object(API_GROUP, VERSION, PLURAL)["items"]
+    rolled = 0
+    for body in found:
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        try:
+            rolled += check_model(body, config) is not None
+        except (ApiException, kopf.TemporaryError, kopf.PermanentError) as error:
+            log.warning("[%s/%s] checking the model box failed: %s", body["metadata"].get("namespace"),
+                        body["metadata"].get("name"), error)
+    log.debug("polled the model boxes of %d components, %d rolled", len(found), rolled)
+    return rolled
+
+
+async def _poll_forever(memo: kopf.Memo) -> None:
+    """Not a kopf timer: kopf puts a finalizer on objects with timers, and deleting a
+    component must not wait for the operator (deletion is garbage collection's)."""
+    while True:
+        await asyncio.sleep(memo.config.model_poll_seconds)
+        try:
+            await asyncio.to_thread(poll_models, memo.config, memo.namespaces)
+        except Exception:  # the next pass tries again; the API server may be restarting
+            log.exception("polling the model boxes failed")
+
+
+@kopf.on.startup()
+async def start_model_poll(memo: kopf.Memo, **_: Any) -> None:
+    memo.model_poll = asyncio.get_running_loop().create_task(_poll_forever(memo))
+
+
+@kopf.on.cleanup()
+async def stop_model_poll(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("model_poll")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
@@ -197,7 +392,8 @@ def run(config_path: str | None, namespaces: list[str], verbose: bool) -> None:
     if not settings.registries and settings.default_index_url is None:
         log.warning("no package registries configured: every MLComponent will be refused (UnknownPackageRegistry); "
                     "set `registries` in the file given with --config")
-    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces, memo=kopf.Memo(config=settings),
+    memo = kopf.Memo(config=settings, namespaces=list(namespaces))
+    kopf.run(standalone=True, namespaces=namespaces or (), clusterwide=not namespaces, memo=memo,
              liveness_endpoint="http://0.0.0.0:8080/healthz" if in_cluster() else None)
 
 

@@ -30,6 +30,10 @@ DATA_DIR = "/var/lib/mlcomponent"
 MANAGED_BY = "mlcomponent-operator"
 GRACE_SECONDS = int(DEFAULTS.grace_period)  # the service drains this long after SIGTERM (--grace-period)
 PRESTOP_SECONDS = 5  # the pod keeps serving this long after it left the Service's endpoints
+FILES_SECRET_ENV = "MLCOMPONENT_FILES_SECRET"  # signs download links: one value per component, every replica
+FILES_SECRET_KEY = "secret"
+MODEL_CONTENT = "unified-platform.cs.hse.ru/model-content"  # pod template annotation: the model's content hash
+MODEL_VERSION_ENV = "MLCOMPONENT_MODEL_VERSION"  # the same hash, for the model's metadata
 PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+$")
 
 
@@ -83,6 +87,9 @@ class OperatorConfig(_Model):
     secret_key_key: str = "secretKey"
     s3_mounts: S3Mounts | None = Field(None, description="Mount boxes through a CSI driver instead of syncing.")
     run_as_user: int = 1000
+    model_poll_seconds: float = Field(
+        30, gt=0, le=3600, description="How often the operator lists each model box's subPath for new content "
+                                       "(a change rolls the Deployment).")
     _preview: bool = PrivateAttr(False)
 
     @field_validator("package")
@@ -159,6 +166,11 @@ def boxes_file(manifest: Manifest, config: OperatorConfig) -> str:
                 s3["region"] = config.s3_region
             boxes[box.s3_box_name] = {"s3": s3}
     return str(yaml.safe_dump({"boxes": boxes}, sort_keys=True))
+
+
+def files_secret_name(manifest: Manifest) -> str:
+    """The Secret the operator creates once per component (random, never rotated by it)."""
+    return f"{manifest.metadata.name}-files"[:253]
 
 
 def config_map(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
@@ -317,7 +329,8 @@ def _pre_stop() -> dict[str, Any]:
     return {"preStop": {"exec": {"command": [PYTHON, "-I", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}}}
 
 
-def _main_container(manifest: Manifest, config: OperatorConfig, box_mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def _main_container(manifest: Manifest, config: OperatorConfig, box_mounts: list[dict[str, Any]],
+                    model_content: str | None) -> dict[str, Any]:
     copied = [b for b in manifest.spec.connected_boxes if b.copy_s3_box is not None]
     main: dict[str, Any] = {
         "name": "inference", "image": manifest.spec.image.existing_image_name,
@@ -325,7 +338,11 @@ def _main_container(manifest: Manifest, config: OperatorConfig, box_mounts: list
         "ports": [{"name": port.name, "containerPort": port.container, "protocol": "TCP"} for port in PORTS],
         "env": [{"name": "PYTHONPATH", "value": PACKAGE_DIR}, {"name": "HOME", "value": "/tmp"},
                 *({"name": v.name, "value": v.value} for v in manifest.spec.env),
-                *(item for box in copied for item in _credentials(box.s3_box_name, config))],
+                *(item for box in copied for item in _credentials(box.s3_box_name, config)),
+                # every replica signs and checks download links with the same key
+                {"name": FILES_SECRET_ENV, "valueFrom": {"secretKeyRef": {"name": files_secret_name(manifest),
+                                                                          "key": FILES_SECRET_KEY}}},
+                *([{"name": MODEL_VERSION_ENV, "value": model_content}] if model_content else [])],
         "resources": _resources(manifest),
         "volumeMounts": [{"name": "mlcomponent", "mountPath": PACKAGE_DIR, "readOnly": True},
                          {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -342,7 +359,7 @@ def _main_container(manifest: Manifest, config: OperatorConfig, box_mounts: list
     return main
 
 
-def _pod_spec(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
+def _pod_spec(manifest: Manifest, config: OperatorConfig, model_content: str | None) -> dict[str, Any]:
     box_volumes, box_mounts = _box_volumes(manifest, config)
     syncs = [] if config.s3_mounts else [_sync_container(manifest, box, config) for box in _mounted_boxes(manifest)]
     return {
@@ -355,7 +372,7 @@ def _pod_spec(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
                             "runAsGroup": config.run_as_user, "fsGroup": config.run_as_user,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "initContainers": [_install_container(manifest, config), *syncs],
-        "containers": [_main_container(manifest, config, box_mounts)],
+        "containers": [_main_container(manifest, config, box_mounts, model_content)],
         "volumes": [
             {"name": "mlcomponent", "emptyDir": {}},
             {"name": "config", "configMap": {"name": f"{manifest.metadata.name}-manifest"}},
@@ -367,10 +384,11 @@ def _pod_spec(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def deployment(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
+def deployment(manifest: Manifest, config: OperatorConfig, model_content: str | None = None) -> dict[str, Any]:
+    """``model_content``: the model's content hash; a new one rolls the pods, which sync the new model."""
     name = manifest.metadata.name
     annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP.container),
-                   "prometheus.io/path": "/metrics"}
+                   "prometheus.io/path": "/metrics", **({MODEL_CONTENT: model_content} if model_content else {})}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(manifest, name),
         "spec": {
@@ -378,7 +396,7 @@ def deployment(manifest: Manifest, config: OperatorConfig) -> dict[str, Any]:
             "selector": {"matchLabels": selector(name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": labels(manifest), "annotations": annotations},
-                         "spec": _pod_spec(manifest, config)},
+                         "spec": _pod_spec(manifest, config, model_content)},
         },
     }
 
@@ -390,10 +408,12 @@ def service(manifest: Manifest) -> dict[str, Any]:
             "spec": {"type": "ClusterIP", "selector": selector(manifest.metadata.name), "ports": ports}}
 
 
-def render(manifest: Manifest, config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """Every object, in the order to apply them."""
+def render(manifest: Manifest, config: OperatorConfig | None = None,
+           model_content: str | None = None) -> list[dict[str, Any]]:
+    """Every object, in the order to apply them (the files Secret is the operator's: random, made once)."""
     config = config or OperatorConfig.load(None)
-    return [config_map(manifest, config), *claims(manifest, config), deployment(manifest, config), service(manifest)]
+    return [config_map(manifest, config), *claims(manifest, config), deployment(manifest, config, model_content),
+            service(manifest)]
 
 
 class _Dumper(yaml.SafeDumper):  # type: ignore[misc]

@@ -23,15 +23,7 @@ from mlcomponent.spec.model import FunctionSpec
 
 def check_outputs(returned: Any, request: InferenceRequest, spec: FunctionSpec) -> list[OutputTensor]:
     """Normalise the function's outputs (flat data, plain values) in the requested order."""
-    if not isinstance(returned, (list, tuple)):
-        raise BadFunctionOutput(f"inference returned outputs of type {type(returned).__name__}; "
-                                "return a list of {name, datatype, data, shape} dicts")
-    by_name: dict[str, dict[str, Any]] = {}
-    for index, item in enumerate(returned):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BadFunctionOutput(f"inference returned outputs[{index}] = {item!r:.80}; each output must "
-                                    "be a dict with a string `name`")
-        by_name[item["name"]] = item
+    by_name = {item["name"]: item for item in output_items(returned)}
     requested = {output.name: output for output in request.outputs}
     names = list(requested) if requested else list(by_name)
     outputs = []
@@ -42,6 +34,18 @@ def check_outputs(returned: Any, request: InferenceRequest, spec: FunctionSpec) 
                                     f"(it returned: {', '.join(by_name) or 'nothing'})")
         outputs.append(_check_one(item, requested.get(name), spec))
     return outputs
+
+
+def output_items(returned: Any) -> list[dict[str, Any]]:
+    """The function's outputs, each a dict with a string ``name`` (``BadFunctionOutput`` if not)."""
+    if not isinstance(returned, (list, tuple)):
+        raise BadFunctionOutput(f"inference returned outputs of type {type(returned).__name__}; "
+                                "return a list of {name, datatype, data, shape} dicts")
+    for index, item in enumerate(returned):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadFunctionOutput(f"inference returned outputs[{index}] = {item!r:.80}; each output must "
+                                    "be a dict with a string `name`")
+    return list(returned)
 
 
 def _check_one(item: dict[str, Any], requested: RequestedOutput | None, spec: FunctionSpec) -> OutputTensor:

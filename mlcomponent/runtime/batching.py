@@ -19,16 +19,19 @@ growing while the function is busy):
 Rules: each member keeps its own deadline (one that passes before the call starts leaves
 the batch and is answered 504 without running; one that passes during the call is
 answered 504 and its rows are dropped; the call is stopped only once every member's
-deadline has passed). A request is never re-run. When the function raises, or returns a
-first dimension that does not match, every member fails with a message saying so. A
-request that cannot merge (inputs without a common first dimension, a FILE tensor of
+deadline has passed). When a merged call fails (the function raises, returns a first
+dimension that does not match, or its worker dies), each half of its members is run
+again, and so on down to single requests: only the members that cause the failure fail,
+each with its own error, never another request's message. The cost: for one poisoned
+request in a batch of n, about 2·log2(n) extra calls (a worker-killing one restarts the
+worker about log2(n) times); innocent requests are never re-run once their call has
+succeeded. A request that cannot merge (inputs without a common first dimension, a FILE tensor of
 more than one row) runs on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import math
@@ -38,8 +41,10 @@ from typing import Any
 from mlcomponent.errors import BadFunctionOutput, EntryPointError, MLComponentError, Timeout
 from mlcomponent.protocol.packed import Packed
 from mlcomponent.protocol.plain import as_plain
-from mlcomponent.protocol.tensors import canonical_datatype, flatten_with_kinds, shape_problem
+from mlcomponent.protocol.response import output_items
+from mlcomponent.protocol.tensors import canonical_datatype, count_problem, flatten_with_kinds, shape_problem
 from mlcomponent.protocol.types import InferenceRequest, InputTensor, StagedFile
+from mlcomponent.runtime.admission import ServiceTime
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.runner import Runner
 from mlcomponent.spec.model import BatchingSpec, FunctionSpec
@@ -158,62 +163,62 @@ def member_tensor(member: Member, name: str) -> InputTensor:
 def split_outputs(returned: Any, members: list[Member]) -> list[list[dict[str, Any]]]:
     """Each member's share of the merged call's outputs, by its row count (``BadFunctionOutput`` if
     the function's first dimension does not match the batch)."""
-    if not isinstance(returned, (list, tuple)):
-        raise BadFunctionOutput(f"inference returned outputs of type {type(returned).__name__}; "
-                                "return a list of {name, datatype, data, shape} dicts")
-    total = sum(m.rows or 0 for m in members)
     requested = {o.name: o for o in members[0].request.outputs}
     shares: list[list[dict[str, Any]]] = [[] for _ in members]
-    for index, item in enumerate(returned):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BadFunctionOutput(f"inference returned outputs[{index}] = {item!r:.80}; each output must "
-                                    "be a dict with a string `name`")
+    for item in output_items(returned):
         name = item["name"]
         if requested and name not in requested:
             continue
         wanted = requested.get(name)
         datatype = canonical_datatype(item.get("datatype") or (wanted.datatype if wanted else None))
-        where = f"inference output {name!r}"
-        if datatype == "FILE":
-            paths = as_plain(item.get("data"))
-            paths = [paths] if isinstance(paths, str) else paths
-            if not isinstance(paths, list) or len(paths) != len(members):
-                raise BadFunctionOutput(f"{where}: a batch of {len(members)} requests needs a list of "
-                                        f"{len(members)} paths, one per request, got {paths!r:.80}")
-            for share, path in zip(shares, paths, strict=True):
-                share.append({**item, "data": path, "shape": [1]})
-            continue
-        data, _ = flatten_with_kinds(as_plain(item.get("data")))
-        shape = as_plain(item.get("shape"))
-        shape = [len(data)] if shape is None else shape
-        problem = shape_problem(shape)
-        if problem or not shape:
-            raise BadFunctionOutput(f"{where}: {problem or 'shape has no first dimension (the batch)'}")
-        if shape[0] != total:
-            raise BadFunctionOutput(f"{where}: first dimension {shape[0]} does not match the batch's {total} rows; "
-                                    "a function that declares Batching returns one row per input row")
-        row = math.prod(shape[1:])
-        if len(data) != total * row:
-            raise BadFunctionOutput(f"{where}: shape {shape} needs {total * row} elements, data has {len(data)}")
-        offset = 0
-        for share, member in zip(shares, members, strict=True):
-            rows = member.rows or 0
-            part = data.slice(offset * row, (offset + rows) * row) if type(data) is Packed else \
-                data[offset * row:(offset + rows) * row]
-            share.append({**item, "data": part, "shape": [rows, *shape[1:]]})
-            offset += rows
+        parts = _split_files(item, len(members)) if datatype == "FILE" else _split_rows(item, members)
+        for share, part in zip(shares, parts, strict=True):
+            share.append(part)
     return shares
 
 
-def _for_batch(error: MLComponentError, size: int) -> MLComponentError:
-    """The same error, saying that every request of the merged call got it."""
-    if size == 1:
-        return error
-    failure = copy.copy(error)
-    failure.message = (f"{error.message} (this request was merged with {size - 1} other request(s) into one call "
-                       "of the function; every request of that call failed)")
-    failure.args = (failure.message,)
-    return failure
+def _split_files(item: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """A FILE output of a merged call: one path per member."""
+    paths = as_plain(item.get("data"))
+    paths = [paths] if isinstance(paths, str) else paths
+    if not isinstance(paths, list) or len(paths) != count:
+        raise BadFunctionOutput(f"inference output {item['name']!r}: a batch of {count} requests needs a list of "
+                                f"{count} paths, one per request, got {paths!r:.80}")
+    return [{**item, "data": path, "shape": [1]} for path in paths]
+
+
+def _split_rows(item: dict[str, Any], members: list[Member]) -> list[dict[str, Any]]:
+    """A tensor output of a merged call, cut along its first dimension by each member's rows."""
+    total = sum(m.rows or 0 for m in members)
+    data, shape = _batch_tensor(item, total)
+    row = math.prod(shape[1:])
+    parts, offset = [], 0
+    for member in members:
+        rows = member.rows or 0
+        start, end = offset * row, (offset + rows) * row
+        part = data.slice(start, end) if type(data) is Packed else data[start:end]
+        parts.append({**item, "data": part, "shape": [rows, *shape[1:]]})
+        offset += rows
+    return parts
+
+
+def _batch_tensor(item: dict[str, Any], total: int) -> tuple[Any, list[int]]:
+    """The output's flat data and shape, checked as ``protocol/response.py`` checks any output, and
+    checked to have one row per input row of the batch."""
+    where = f"inference output {item['name']!r}"
+    data, _ = flatten_with_kinds(as_plain(item.get("data")))
+    shape = as_plain(item.get("shape"))
+    shape = [len(data)] if shape is None else shape
+    problem = shape_problem(shape) or (None if shape else "shape has no first dimension (the batch)")
+    if problem:
+        raise BadFunctionOutput(f"{where}: {problem}")
+    if shape[0] != total:
+        raise BadFunctionOutput(f"{where}: first dimension {shape[0]} does not match the batch's {total} rows; "
+                                "a function that declares Batching returns one row per input row")
+    problem = count_problem(shape, data)
+    if problem:
+        raise BadFunctionOutput(f"{where}: {problem}")
+    return data, shape
 
 
 def batching_for(spec: FunctionSpec, max_batch_size: int | None, max_batch_delay: float | None,
@@ -251,13 +256,15 @@ class Batcher:
     """Merges concurrent requests into calls of one runner (one per HTTP worker process)."""
 
     def __init__(self, runner: Runner, max_batch_size: int, max_batch_delay: float,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, service: ServiceTime | None = None) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay
         self.observer = observer or Observer()
+        self.service = service or ServiceTime()  # seconds per merged call, for admission
         self.arriving = 0  # requests on their way here (decoding, staging files)
         self.in_flight = 0  # calls sent to the runner and not answered
+        self.riding = 0  # requests in those calls
         self._forming: dict[Any, Batch] = {}
         self._check_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -267,6 +274,13 @@ class Batcher:
     def waiting(self) -> int:
         """Requests waiting for their batch to be sent."""
         return sum(len(b.members) for b in self._forming.values())
+
+    def calls_ahead(self, admitted: int = 0) -> int:
+        """Calls a new request would wait for: those sent, and the batches that the requests waiting or on
+        their way will fill (a batch forming is one call, whatever its size). ``admitted``: requests the
+        data plane let in and has not answered, some of them still being read."""
+        queued = max(admitted - self.riding, self.waiting + self.arriving)
+        return self.in_flight + max(len(self._forming), math.ceil(queued / self.max_batch_size))
 
     def arrive(self) -> None:
         """A request entered the data plane: the batch forming now may wait for it."""
@@ -354,6 +368,7 @@ class Batcher:
             del self._forming[batch.key]
         batch.dispatched = True
         self.in_flight += 1
+        self.riding += len(batch.members)
         now = asyncio.get_running_loop().time()
         self.observer.batch_sent(len(batch.members), [now - m.joined for m in batch.members])
         task = asyncio.ensure_future(self._run(batch))
@@ -361,29 +376,52 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: Batch) -> None:
-        members = batch.members
+        riding = len(batch.members)
         try:
-            deadlines = [m.deadline for m in members]
-            deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
-            try:
-                returned = await self.runner.call(*merged_call(members), deadline)
-                shares = split_outputs(returned, members) if members[0].rows is not None else [returned]
-            except MLComponentError as error:
-                failure = _for_batch(error, len(members))
-                for member in members:
-                    if not member.abandoned and not member.future.done():
-                        member.future.set_exception(failure)
-                return
-            except Exception as error:  # noqa: BLE001 - never leave a member waiting
-                log.exception("a batched call failed unexpectedly")
-                for member in members:
-                    if not member.abandoned and not member.future.done():
-                        member.future.set_exception(error)
-                return
-            for member, share in zip(members, shares, strict=True):
-                if not member.abandoned and not member.future.done():
-                    member.future.set_result(share)
+            await self._serve(batch.members)
         finally:
             self.in_flight -= 1
+            self.riding -= riding
             self._schedule_check()
 
+    async def _serve(self, members: list[Member]) -> None:
+        """One call for ``members``; when a merged call fails, each half is run again, so only the members
+        that cause the failure fail, each with its own error."""
+        try:
+            shares = await self._call(members)
+        except Timeout as error:  # every member's deadline has passed: nothing to re-run
+            _fail(members, error)
+            return
+        except MLComponentError as error:
+            live = [m for m in members if not m.abandoned and not m.future.done()]
+            if len(members) == 1 or not live:
+                _fail(members, error)
+                return
+            log.info("a merged call of %d requests failed (%s); running each half again", len(members),
+                     type(error).__name__)
+            half = (len(live) + 1) // 2
+            for part in (live[:half], live[half:]):
+                if part:
+                    await self._serve(part)
+            return
+        except Exception as error:  # noqa: BLE001 - never leave a member waiting
+            log.exception("a batched call failed unexpectedly")
+            _fail(members, error)
+            return
+        for member, share in zip(members, shares, strict=True):
+            if not member.abandoned and not member.future.done():
+                member.future.set_result(share)
+
+    async def _call(self, members: list[Member]) -> list[Any]:
+        """Call the function once for ``members`` (timed for admission); each member's share."""
+        deadlines = [m.deadline for m in members]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
+        returned = await self.service.measure(self.runner.call(*merged_call(members), deadline),
+                                              self.observer.queue_waited)
+        return split_outputs(returned, members) if members[0].rows is not None else [returned]
+
+
+def _fail(members: list[Member], error: BaseException) -> None:
+    for member in members:
+        if not member.abandoned and not member.future.done():
+            member.future.set_exception(error)

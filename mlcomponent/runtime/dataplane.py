@@ -1,15 +1,19 @@
 """The data plane: one inference request from decoded body to checked response.
 
 Transport-free (no HTTP or gRPC here), so the flow reads top to bottom:
-decode + validate → stage files → call the function → check outputs → publish files.
-Each transport parses its own encoding into the V2 body, calls ``admit`` before it
-reads the body, then ``infer``, and encodes the ``InferenceResponse`` its own way.
+admit → decode + validate → stage files → call the function → check outputs → publish files.
+Each transport opens ``request_scope`` before it reads the body (admission, 503 at once;
+the request's files: a failed request keeps nothing in the box, the folder goes before
+the answer), parses its own encoding into the V2 body, calls ``infer``, and encodes the
+``InferenceResponse`` its own way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,11 @@ from mlcomponent.protocol.packed import pack_checked_lists
 from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
 from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
+from mlcomponent.runtime.admission import Admission, Refusal
 from mlcomponent.runtime.batching import Batcher
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.files import FileKeys, RequestFiles
-from mlcomponent.runtime.health import Health
+from mlcomponent.runtime.health import Health, State
 from mlcomponent.runtime.runner import Runner
 from mlcomponent.spec.model import UNDECLARED, FunctionSpec
 
@@ -34,7 +39,8 @@ class Limits:
     """The serve options the data plane holds to (declared, with their defaults, in ``options.py``)."""
 
     timeout: float | None = None
-    max_queue: int = DEFAULTS.max_queue
+    max_queue: int = DEFAULTS.max_queue  # a hard cap on memory; the wait budget refuses first
+    max_queue_wait: float | None = DEFAULTS.max_queue_wait  # seconds of expected queue wait before 503
     max_inputs: int = DEFAULTS.max_inputs
     max_elements: int = DEFAULTS.max_elements
 
@@ -53,28 +59,47 @@ class DataPlane:
         self.files_root = files_root
         self.limits = limits or Limits()
         self.observer = observer or Observer()
-        self.health = Health.STARTING
+        self.health = Health()
+        self.admission = Admission(self.limits.max_queue_wait)
         self.reason: str | None = None  # why warm-up failed, in one line: every 503 and readiness answer says it
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
+        self.admitted = 0  # requests let in by ``request_scope`` and not answered
+        self.calls = 0  # requests in ``infer`` and not answered, each one call (without batching)
 
     @property
     def ready(self) -> bool:
-        """Warmed up, not stopping, and not stuck on a call past its deadline."""
-        return self.health is Health.READY and not self.runner.stuck
+        """Warmed up, not stopping, and a worker can serve (not stuck on a call past its deadline)."""
+        problem = self.worker_problem()
+        self.health.follow_worker(problem is None, problem or "")
+        return self.health.ready
+
+    def worker_problem(self) -> str | None:
+        """Why no worker can serve now, or None."""
+        if self.runner.stuck:
+            return "a call ran past its deadline and its worker is being replaced"
+        return None
 
     @property
     def not_ready_reason(self) -> str | None:
         """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up)."""
         if self.ready:
             return None
-        if self.health is Health.READY:
-            return "a call that ran past its deadline is still running; retry shortly"
+        if self.health.state is State.UNAVAILABLE:
+            return f"{self.health.reason}; retry shortly"
         return self.reason
 
     @property
     def queued(self) -> int:
         return self.runner.waiting + (self.batcher.waiting if self.batcher is not None else 0)
+
+    @property
+    def calls_ahead(self) -> int:
+        """Calls a new request would wait for: admitted and not answered (a burst of arrivals counts before
+        its bodies are read), merged calls counted once."""
+        if self.batcher is not None:
+            return self.batcher.calls_ahead(self.admitted)
+        return max(self.admitted, self.calls)
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
@@ -84,19 +109,49 @@ class DataPlane:
         return RequestFiles(self.files_root, self.file_box, self.model_name, keep_uploads=keep_uploads,
                             keys=self.file_keys)
 
+    @asynccontextmanager
+    async def request_scope(self) -> AsyncIterator[RequestFiles]:
+        """One request, for every transport, from admission to answer: ``admit`` (503 before anything is
+        read), then counted as ahead of later requests until it is answered; its files: a request that
+        fails keeps nothing in the file box (its kept uploads and published outputs are removed), and its
+        folder is gone before the answer."""
+        self.admit()
+        self.admitted += 1
+        files = self.request_files()
+        try:
+            yield files
+        except BaseException:
+            if files.in_box:
+                await asyncio.to_thread(files.discard)
+            raise
+        finally:
+            self.admitted -= 1
+            await asyncio.to_thread(files.cleanup)
+
     def admit(self) -> None:
-        """Refuse work early when the model is not ready or the queue is full (503 + Retry-After)."""
-        if self.health is not Health.READY:  # a worker replaced after a deadline still takes calls: they wait
-            because = f": {self.reason}" if self.reason else f" ({self.health.value})"
-            raise NotReady(f"model {self.model_name!r} is not ready{because}", retry_after=1)
-        if self.runner.waiting >= self.limits.max_queue:
-            raise NotReady(f"model {self.model_name!r} is busy: {self.runner.waiting} requests are already "
-                           f"waiting (--max-queue {self.limits.max_queue}); retry shortly", retry_after=1)
-        batcher = self.batcher
-        if batcher is not None and batcher.waiting >= self.limits.max_queue * batcher.max_batch_size:
-            raise NotReady(f"model {self.model_name!r} is busy: {batcher.waiting} requests are already waiting to "
-                           f"be batched (--max-queue {self.limits.max_queue} calls of up to "
-                           f"{batcher.max_batch_size} rows); retry shortly", retry_after=1)
+        """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
+        state = self.health.state
+        if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
+            because = f": {self.reason}" if self.reason else f" ({self.health.describe()})"
+            self._refuse(Refusal("not_ready", f"not ready{because}", 1))
+        if self.queued >= self.limits.max_queue:
+            self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
+                                 f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
+        refusal = self.admission.over_budget(self.calls_ahead)
+        if refusal is not None:
+            self._refuse(refusal)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.observer.refused(refusal.reason)
+        raise NotReady(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
+
+    def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
+        """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""
+        if deadline is None:
+            return
+        refusal = self.admission.past_deadline(calls_ahead, deadline - asyncio.get_running_loop().time())
+        if refusal is not None:
+            self._refuse(refusal)
 
     def decode(self, body: Any) -> InferenceRequest:
         request = decode_request(body, self.spec)
@@ -125,11 +180,21 @@ class DataPlane:
         batcher = self.batcher
         if batcher is not None:
             batcher.arrive()  # a batch forming now may wait for this request
+            return await self._infer(body, files, arrived, batcher)
+        self.calls += 1  # ahead of the next request from now on: a burst of arrivals sees each other
+        try:
+            return await self._infer(body, files, arrived, None)
+        finally:
+            self.calls -= 1
+
+    async def _infer(self, body: Any, files: RequestFiles, arrived: float | None,
+                     batcher: Batcher | None) -> InferenceResponse:
         try:
             request = self.decode(body)
             if self.spec.numpy:
                 pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
             deadline = self.deadline(request, arrived)
+            self.admit_by_deadline(deadline, self.calls_ahead - (batcher is None))  # not counting itself
             staged_inputs = staged_outputs = None
             if request.has_files:
                 staged_inputs, staged_outputs = await asyncio.to_thread(
@@ -143,8 +208,7 @@ class DataPlane:
             if batcher is not None:
                 returned = await batcher.call(request, staged_inputs, staged_outputs, deadline)
             else:
-                parameters, inputs, output_fields = request.function_arguments(staged_inputs, staged_outputs)
-                returned = await self.runner.call(parameters, inputs, output_fields, deadline)
+                returned = await self._call(request.function_arguments(staged_inputs, staged_outputs), deadline)
         finally:
             self.observer.inference_finished(time.perf_counter() - started)
         outputs = check_outputs(returned, request, self.spec)
@@ -153,3 +217,9 @@ class DataPlane:
         if files.bytes_in or files.bytes_out:
             self.observer.files_moved(files.bytes_in, files.bytes_out)
         return InferenceResponse(self.model_name, request, outputs, dict(files.upload_keys))
+
+    async def _call(self, arguments: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]],
+                    deadline: float | None) -> Any:
+        """One call of the runner, timed for the admission estimate (a call abandoned at its deadline is not)."""
+        return await self.admission.service.measure(self.runner.call(*arguments, deadline),
+                                                    self.observer.queue_waited)

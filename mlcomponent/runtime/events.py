@@ -24,5 +24,11 @@ class Observer:
     def batch_sent(self, size: int, waits: list[float]) -> None:
         """A batch of ``size`` requests went to the function; ``waits``: seconds each waited to be batched."""
 
+    def queue_waited(self, seconds: float) -> None:
+        """A call waited ``seconds`` for the calls ahead of it before it ran (admission's estimate measures it)."""
+
+    def refused(self, reason: str) -> None:
+        """A request was refused before it queued (503): not_ready, queue_full, queue_wait or deadline."""
+
     def files_moved(self, bytes_in: int, bytes_out: int) -> None:
         """One request copied FILE data in from and out to the file box."""

@@ -18,7 +18,7 @@ from mlcomponent.runtime.dataplane import DataPlane, Limits
 from mlcomponent.runtime.entrypoint import apply_env, load_entry_point
 from mlcomponent.runtime.events import Observer
 from mlcomponent.runtime.frames import WorkerConfig
-from mlcomponent.runtime.health import Health
+from mlcomponent.runtime.health import State
 from mlcomponent.runtime.isolated import ProcessRunner
 from mlcomponent.runtime.mounts import file_box, resolve_mounts, resolve_path
 from mlcomponent.runtime.retention import file_keys, run_sweeper
@@ -126,7 +126,7 @@ class Service:
         batching = check_batching(self.settings, spec)
         if batching is not None:
             self.dataplane.batcher = Batcher(self.runner, batching.max_batch_size, batching.max_batch_delay,
-                                             self.dataplane.observer)
+                                             self.dataplane.observer, self.dataplane.admission.service)
             log.info("batching: up to %d rows per call, waiting at most %g ms for a batch to fill",
                      batching.max_batch_size, batching.max_batch_delay * 1000)
         keep = self.settings.options.keep_files
@@ -137,7 +137,7 @@ class Service:
             log.warning("%s has no docstring specification: requests are not validated against one "
                         "(see docs/docstring-spec.md)", self.settings.manifest.inference.entry_point.python_function)
         if spec.example is None:
-            self.dataplane.health = Health.READY
+            self.dataplane.health.move(State.READY)
             return
         self._warmup = asyncio.create_task(self._run_warmup())
 
@@ -151,17 +151,17 @@ class Service:
             # the function's own traceback (its frames only) was logged by the runner: one line here
             log.error("%s; the service stays not ready", self.dataplane.reason,
                       exc_info=None if isinstance(error, MLComponentError) else error)
-            self.dataplane.health = Health.WARMUP_FAILED
+            self.dataplane.health.move(State.WARMUP_FAILED, self.dataplane.reason)
             return
-        log.info("warm-up succeeded; ready")
-        self.dataplane.health = Health.READY
+        if self.dataplane.health.move(State.READY):
+            log.info("warm-up succeeded; ready")
 
     def on_terminate(self) -> None:
-        """The SIGTERM hook: stop being ready at once, while in-flight requests drain."""
-        self.dataplane.health = Health.STOPPING
+        """The SIGTERM hook: stop being ready at once, and for good, while in-flight requests drain."""
+        self.dataplane.health.move(State.STOPPING)
 
     async def stop(self) -> None:
-        self.dataplane.health = Health.STOPPING
+        self.dataplane.health.move(State.STOPPING)
         for task in (self._warmup, self._sweeper):
             if task is not None and not task.done():
                 task.cancel()

@@ -24,6 +24,7 @@ from mlcomponent.protocol.packed import function_data, pack_outputs
 from mlcomponent.runtime.frames import CONFIG_ENV, FrameReader, WorkerConfig, widen_pipes, write_frame
 
 MB = 1024 * 1024
+FLUSH_AFTER = 0.002  # seconds an answer may wait in the buffer for the answers of a burst behind it
 
 
 def exception_name(error: BaseException) -> str:
@@ -78,8 +79,16 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
     allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
     reader = FrameReader(source.fileno())
 
-    def reply(message: Any) -> None:  # answers to a burst of calls go in one write
-        write_frame(sink, message, flush=not reader.pending)
+    last_flush = time.monotonic()
+
+    def reply(message: Any) -> None:
+        """Answers to a burst of fast calls go in one write; a slow call's answer goes at once."""
+        nonlocal last_flush
+        now = time.monotonic()
+        flush = not reader.pending or now - last_flush > FLUSH_AFTER
+        write_frame(sink, message, flush=flush)
+        if flush:
+            last_flush = now
 
     while True:
         message = reader.read()

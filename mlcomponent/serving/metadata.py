@@ -6,6 +6,7 @@ protocol's ``<project>_<format>`` convention.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mlcomponent import __version__
@@ -13,6 +14,7 @@ from mlcomponent.protocol.response import wire_datatype
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
 
 PLATFORM = "mlcomponent_python"
+MODEL_VERSION_ENV = "MLCOMPONENT_MODEL_VERSION"  # the model content hash the operator rolled this pod for
 EXTENSIONS = ["binary_tensor_data", "file_datatype", "str_datatype", "multipart_files"]
 
 
@@ -50,6 +52,9 @@ def model_metadata(name: str, spec: FunctionSpec) -> dict[str, Any]:
         parameters["batching"] = {"max_batch_size": spec.batching.max_batch_size,
                                   "max_batch_delay_ms": spec.batching.max_batch_delay * 1000,
                                   "data": "numpy" if spec.batching.numpy else "lists"}
+    version = os.environ.get(MODEL_VERSION_ENV)
+    if version:
+        parameters["model_version"] = version
     return {
         "name": name,
         "versions": [],

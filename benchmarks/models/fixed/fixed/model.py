@@ -1,12 +1,16 @@
-"""A model with a fixed cost per call: 5 ms whatever the batch size (as a GPU kernel launch costs)."""
+"""A model with a fixed cost per call: 5 ms whatever the batch size (as a GPU kernel launch costs).
 
+FIXED_COST (seconds) changes the cost: benchmarks/admission.py runs it at 100 ms a call.
+"""
+
+import os
 import time
 
-COST = 0.005
+COST = float(os.environ.get("FIXED_COST", "0.005"))
 
 
 def inference(parameters, inputs, output_fields, model_key, model=None):
-    """Sum each row, after a fixed 5 ms.
+    """Sum each row, after a fixed cost (5 ms unless FIXED_COST says).
 
     Inputs:
         x (FP32, shape=[-1, 4]): rows.

@@ -1,0 +1,152 @@
+"""Admission by expected wait under a slow model: the fixed-cost model at 100 ms a call, batching
+off and on, with a 5 s queue-wait budget, at 50, 200 and 1,000 connections.
+
+    .venv/bin/python benchmarks/admission.py   # about 2 minutes; writes benchmarks/results/admission.md
+
+Each connection sends one-row requests back to back (HTTP/1.1 keep-alive, a small asyncio
+client on CPU 0; the server on CPU 1). A refused client waits the `Retry-After` it was
+given before it sends again, as the header asks. The table counts served requests and
+their latency (all should be within the budget plus one call), and refusals: how many,
+how fast (the client's measure, from sending to the last byte), and whether each
+carried `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import run as bench
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BODY = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3, 4]]}]})
+BUDGET = 5.0
+COST = 0.1
+
+
+@dataclass
+class Tally:
+    served: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+    refused_with_retry_after: int = 0
+    other: int = 0
+
+
+async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            seconds = time.perf_counter() - started
+            status = int(lines[0].split()[1])
+            if status == 200:
+                tally.served.append(seconds)
+            elif status == 503:
+                tally.refused.append(seconds)
+                retry = headers.get("retry-after")
+                if retry is not None:
+                    tally.refused_with_retry_after += 1
+                    await asyncio.sleep(min(float(retry), max(0.0, stop - time.monotonic())))
+            else:
+                tally.other += 1
+            if headers.get("connection") == "close":
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (OSError, asyncio.IncompleteReadError):
+        tally.other += 1
+    finally:
+        writer.close()
+
+
+async def load(port: int, path: str, connections: int, seconds: float) -> Tally:
+    tally = Tally()
+    stop = time.monotonic() + seconds
+    await asyncio.gather(*(connection(port, path, stop, tally) for _ in range(connections)))
+    return tally
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def run(coroutine: Any) -> Any:
+    """uvloop when it is installed (it is, with uvicorn's extras): the client's own loop lag stays small."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def main() -> None:
+    parser = bench.arguments(__doc__, "admission.md")
+    parser.add_argument("--seconds", type=float, default=12)
+    parser.add_argument("--connections", default="50,200,1000")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {0})  # the client on CPU 0; the server is pinned to CPU 1
+    levels = [int(c) for c in args.connections.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="mlc-admission-"))
+    manifest = HERE / "models/fixed/mlcomponent.yaml"
+    rows = []
+    for mode, extra in (("off", ["--max-batch-size", "1"]), ("on", [])):
+        port = bench.free_port()
+        server = bench.Server(f"batching {mode}", [sys.executable, "-m", "mlcomponent", "serve", str(manifest),
+                                                   "--port", str(port), "--data-root", str(work / "data"),
+                                                   "--log-level", "warning", "--max-queue-wait", str(BUDGET), *extra],
+                              ROOT, path="/v2/models/fixed/infer", env={"FIXED_COST": str(COST)})
+        with bench.running(server, port, work / f"{mode}.log"):
+            run(load(port, server.path, 4, 2))  # the estimate learns the service time
+            for connections in levels:
+                tally = run(load(port, server.path, connections, args.seconds))
+                rows.append((mode, connections, tally))
+                print(f"   batching {mode} @{connections}: {len(tally.served)} served, {len(tally.refused)} refused",
+                      file=sys.stderr)
+    table = render(rows, args.seconds)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+def render(rows: list[tuple[str, int, Tally]], seconds: float) -> str:
+    load = os.getloadavg()
+    lines = [f"Machine: {bench.machine('an asyncio client')}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+             f"{load[2]:.1f}. Fixed-cost model, {COST * 1000:.0f} ms a call, --max-queue-wait {BUDGET:g}, "
+             f"{seconds:g} s per run.", "",
+             "| batching | connections | served | served p50 / p99 / max s | over budget + 1 call | refused | "
+             "refusal p50 / p99 ms | refusals with Retry-After | other errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode, connections, tally in rows:
+        served, refused = tally.served, tally.refused
+        over = sum(1 for s in served if s > BUDGET + COST)
+        lines.append(
+            f"| {mode} | {connections:,} | {len(served):,} | {percentile(served, 0.5):.2f} / "
+            f"{percentile(served, 0.99):.2f} / {max(served, default=float('nan')):.2f} | {over} | {len(refused):,} | "
+            f"{percentile(refused, 0.5) * 1000:.1f} / {percentile(refused, 0.99) * 1000:.1f} | "
+            f"{tally.refused_with_retry_after:,} of {len(refused):,} | {tally.other} |")
+    if rows:
+        lines += ["", f"Median served latency over all runs: {statistics.median(s for *_, t in rows for s in t.served):.2f} s"
+                  if any(t.served for *_, t in rows) else ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
