@@ -68,14 +68,19 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports between 20000 and 32000")
 
 
+def deadline_us(seconds: float) -> int:
+    """The V2 ``timeout`` request parameter for a deadline of ``seconds``: the protocol counts microseconds."""
+    return round(seconds * 1_000_000)
+
+
 def manifest_data(function: str, *, name: str = "test-model", python_path: str | None = None,
-                  env: dict[str, str] | None = None, cpu: str = "1") -> dict[str, Any]:
+                  env: dict[str, str] | None = None, cpu: str = "1", memory: str = "256M") -> dict[str, Any]:
     return {
         "apiVersion": "unified-platform.cs.hse.ru/v1",
         "kind": "MLComponent",
         "metadata": {"name": name, "namespace": "tests"},
         "spec": {
-            "image": {"existingImageName": "example.com/test:1", "resourceLimits": {"cpu": cpu, "memory": "256M"}},
+            "image": {"existingImageName": "example.com/test:1", "resourceLimits": {"cpu": cpu, "memory": memory}},
             "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
             "mlService": {
                 "packageRegistryName": "pypi",

@@ -27,7 +27,7 @@ from mlcomponent.runtime.health import State
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import ServeOptions, Settings
 from mlcomponent.spec.docstring import DocstringSpecError, parse_docstring
-from tests.support import run_cli, serve_fixture, wait_ready, write_manifest
+from tests.support import deadline_us, run_cli, serve_fixture, wait_ready, write_manifest
 
 
 class Recorder(Metrics):
@@ -161,7 +161,7 @@ def test_a_function_that_raises_for_every_member_fails_each_with_its_own_error(t
 def test_each_member_keeps_its_own_deadline_and_nothing_runs_twice(tmp_path: Path, log: Path) -> None:
     async def scenario(plane: DataPlane, recorder: Recorder) -> None:
         short = rows_body([[1, 2]], sleep=1.5)
-        short["parameters"]["timeout"] = 0.2
+        short["parameters"]["timeout"] = deadline_us(0.2)
         impatient, patient = await asyncio.gather(infer(plane, short), infer(plane, rows_body([[3, 4]], sleep=1.5)))
         assert isinstance(impatient, MLComponentError) and impatient.status == 504
         assert "merged with 1 other request(s) into one call, which goes on" in impatient.message
@@ -176,7 +176,7 @@ def test_a_deadline_that_passes_while_waiting_to_be_batched_is_504_and_never_run
         busy = asyncio.ensure_future(infer(plane, rows_body([[1, 2]], sleep=1.5, scale=3)))
         await asyncio.sleep(0)  # let it reach the function first
         waiting = rows_body([[1, 2]])
-        waiting["parameters"]["timeout"] = 0.2
+        waiting["parameters"]["timeout"] = deadline_us(0.2)
         error = await infer(plane, waiting)
         assert isinstance(error, MLComponentError) and error.status == 504
         assert "while it waited to be batched; it did not run" in error.message

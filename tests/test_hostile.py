@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Server, call, poll, restarts, serve, wait_ready, write_manifest
+from tests.support import Server, call, deadline_us, poll, restarts, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 TOKEN = "t0ken-for-tests"
@@ -110,13 +110,16 @@ def test_prints_do_not_corrupt_the_protocol(hostile: Server) -> None:
     assert call(hostile, headers=AUTH).status_code == 200
 
 
-def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(hostile: Server, tmp_path: Path) -> None:
+def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(tmp_path: Path) -> None:
+    """Stopped at the service's --timeout; the child (its own session) goes with it (tests/test_neighbours_worker.py)."""
     pidfile = tmp_path / "escaped.pid"
     try:
-        response = call(hostile, "escape", headers=AUTH, pidfile=str(pidfile), timeout=1)
-        assert response.status_code == 504, response.text
-        poll(lambda: httpx.get(hostile.url + "/v2/health/ready").status_code == 200, "ready again")
-        assert call(hostile, headers=AUTH).status_code == 200
+        with serve(write_manifest(tmp_path, "hostile.inference"), "--timeout", "2",
+                   data_root=tmp_path / "data") as server:
+            response = call(server, "escape", pidfile=str(pidfile))
+            assert response.status_code == 504, response.text
+            poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+            assert call(server).status_code == 200
     finally:
         if pidfile.exists():
             try:
@@ -158,13 +161,13 @@ def test_without_hide_errors_the_client_gets_the_message(hostile: Server) -> Non
 
 
 def test_readiness_is_503_while_a_worker_stuck_past_its_deadline_is_replaced(tmp_path: Path) -> None:
-    """Isolated: the call is stopped at its deadline; until the new worker is up the service is not ready,
-    and calls that arrive meanwhile wait for it rather than fail."""
+    """Isolated: the call is stopped at the service's --timeout; until the new worker is up the service is not
+    ready, and calls that arrive meanwhile wait for it rather than fail."""
     gate = tmp_path / "import-gate"
-    with serve(write_manifest(tmp_path, "hostile.inference"), data_root=tmp_path / "data",
+    with serve(write_manifest(tmp_path, "hostile.inference"), "--timeout", "5", data_root=tmp_path / "data",
                env={"IMPORT_GATE": str(gate)}) as server:
         wait_ready(server)
-        assert call(server, "sleep", seconds=60, timeout=0.5).status_code == 504
+        assert call(server, "sleep", seconds=60).status_code == 504
         assert httpx.get(server.url + "/v2/health/ready").status_code == 503  # the new worker waits at import
         assert httpx.get(server.url + "/v2/models/test-model/ready").status_code == 503
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -186,19 +189,38 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         yield server, log
 
 
-def test_no_isolate_a_call_past_its_deadline_keeps_the_service_unready_until_it_returns(
-        in_process: tuple[Server, Path], tmp_path: Path) -> None:
-    server, _ = in_process
+def test_no_isolate_a_client_deadline_ends_only_its_wait(in_process: tuple[Server, Path], tmp_path: Path) -> None:
+    """The call runs on (it cannot be stopped); the service stays ready and the next call waits its turn."""
+    import concurrent.futures
+
+    server, log = in_process
     gate = tmp_path / "gate"
-    response = call(server, "gate", path=str(gate), timeout=0.5)
+    response = call(server, "gate", path=str(gate), timeout=deadline_us(0.5), tag="impatient")
     assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 503
-    refused = call(server)
-    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert "still running" in refused.json()["error"]
-    gate.touch()
-    poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
-    assert call(server).status_code == 200
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        innocent = pool.submit(call, server, "echo", tag="innocent")
+        poll(lambda: "mlcomponent_requests_queued 1.0" in httpx.get(server.url + "/metrics").text, "queued")
+        gate.touch()
+        assert innocent.result().status_code == 200
+    assert log.read_text().splitlines()[-2:] == ["gate impatient", "echo innocent"]
+
+
+def test_no_isolate_a_call_past_the_services_timeout_keeps_the_service_unready_until_it_returns(
+        tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with serve(write_manifest(tmp_path, "hostile.inference"), "--no-isolate", "--timeout", "1",
+               data_root=tmp_path / "data") as server:
+        wait_ready(server)
+        response = call(server, "gate", path=str(gate))
+        assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
+        refused = call(server)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "still running" in refused.json()["error"]
+        gate.touch()
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
+        assert call(server).status_code == 200
 
 
 def test_no_isolate_invalid_input_is_a_400_too(in_process: tuple[Server, Path]) -> None:

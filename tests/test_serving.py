@@ -22,6 +22,7 @@ from tests.support import (
     Server,
     call,
     calls_logged,
+    deadline_us,
     free_port,
     metric,
     poll,
@@ -68,15 +69,20 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
         yield server, log
 
 
-def test_a_call_past_its_deadline_is_504_ran_once_and_the_next_succeeds(isolated: tuple[Server, Path]) -> None:
+def test_a_call_past_its_deadline_is_504_ran_once_and_the_next_succeeds(isolated: tuple[Server, Path],
+                                                                        tmp_path: Path) -> None:
+    """The client's deadline ends its wait, not the call: it runs to its end (result discarded), once."""
     server, log = isolated
-    before = len(calls_logged(log))
-    response = call(server, "sleep", seconds=30, timeout=500_000, tag="slow")  # microseconds, as Triton's
+    gate = tmp_path / "gate"
+    before, restarted = len(calls_logged(log)), restarts(server)
+    response = call(server, "gate", path=str(gate), timeout=deadline_us(0.5), tag="slow")
     assert response.status_code == 504, response.text
-    assert "did not finish within the request's deadline" in response.json()["error"]
+    assert "did not finish within the request's deadline; its result will be discarded" in response.json()["error"]
+    gate.touch()
     after = call(server, "echo", tag="next")
     assert after.status_code == 200, after.text
-    assert calls_logged(log)[before:] == ["sleep slow", "echo next"]  # the timed-out call ran once
+    assert calls_logged(log)[before:] == ["gate slow", "echo next"]  # the timed-out call ran once
+    assert restarts(server) == restarted  # and its worker was left alone
 
 
 def test_a_worker_that_exits_fails_only_its_request(isolated: tuple[Server, Path], tmp_path: Path) -> None:
@@ -108,7 +114,7 @@ def test_a_call_whose_deadline_passes_while_queued_is_504_and_never_runs(isolate
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(call, server, "gate", path=str(gate), tag="ahead")
         poll(lambda: "gate ahead" in calls_logged(log), "the call ahead to start")
-        late = call(server, "echo", timeout=0.5, tag="late")
+        late = call(server, "echo", timeout=deadline_us(0.5), tag="late")
         assert late.status_code == 504, late.text
         assert "passed while it waited for the calls ahead of it; it did not run" in late.json()["error"]
         gate.touch()

@@ -117,6 +117,9 @@ class InferenceService:
 
     async def model_ready(self, request: ModelReadyRequest, context: grpc.aio.ServicerContext) -> ModelReadyResponse:
         self.plane.check_model(request.name)
+        reason = self.plane.not_ready_reason
+        if reason is not None:  # the response has no field for it: trailing metadata says why
+            context.set_trailing_metadata((("mlcomponent-not-ready-reason", reason),))
         return ModelReadyResponse(ready=self.plane.ready)
 
     async def server_metadata(self, request: ServerMetadataRequest,

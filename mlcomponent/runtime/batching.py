@@ -296,6 +296,8 @@ class Batcher:
         """Run the request in a batch; its share of the outputs (the function's dicts)."""
         loop = asyncio.get_running_loop()
         self.arriving -= 1
+        if deadline is not None and deadline <= loop.time():  # never merged: its rows would ride along
+            raise Timeout("the request's deadline had passed before inference could start; it did not run")
         staged_inputs, staged_outputs = staged_inputs or {}, staged_outputs or {}
         rows, key = _rows_and_key(request, staged_inputs)
         member = Member(request, staged_inputs, staged_outputs, deadline, rows, key, loop.time(), loop.create_future())

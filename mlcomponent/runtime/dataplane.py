@@ -69,24 +69,27 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Warmed up, not stopping, and a worker can serve (not stuck on a call past its deadline)."""
+        """Warmed up, not stopping, and a worker can serve (none stuck past --timeout, none failing to restart)."""
         problem = self.worker_problem()
         self.health.follow_worker(problem is None, problem or "")
         return self.health.ready
 
     def worker_problem(self) -> str | None:
         """Why no worker can serve now, or None."""
+        if self.runner.unavailable is not None:
+            return self.runner.unavailable
         if self.runner.stuck:
-            return "a call ran past its deadline and its worker is being replaced"
+            return "a call ran past the service's --timeout and is being stopped (or, without isolation, still runs)"
         return None
 
     @property
     def not_ready_reason(self) -> str | None:
-        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up)."""
+        """Why it is not ready, in one line, when there is more to say than its state (a failed warm-up, a
+        worker that cannot be restarted or is being replaced after --timeout)."""
         if self.ready:
             return None
         if self.health.state is State.UNAVAILABLE:
-            return f"{self.health.reason}; retry shortly"
+            return f"{self.worker_problem() or self.health.reason}; retry shortly"
         return self.reason
 
     @property
@@ -134,6 +137,8 @@ class DataPlane:
         if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
             because = f": {self.reason}" if self.reason else f" ({self.health.describe()})"
             self._refuse(Refusal("not_ready", f"not ready{because}", 1))
+        if self.runner.unavailable is not None:  # no worker can be started: say so now, not after the deadline
+            self._refuse(Refusal("not_ready", f"not ready: {self.runner.unavailable}", 1))
         if self.queued >= self.limits.max_queue:
             self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
                                  f"(--max-queue {self.limits.max_queue}); retry shortly", 1))

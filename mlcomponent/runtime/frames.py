@@ -1,13 +1,16 @@
 """The worker protocol's framing and start-up configuration (standard library only).
 
-Frames are length-prefixed pickles on the worker's own pipes::
+Frames are length-prefixed pickles on the worker's own pipes, one typed message each
+(``runtime/messages.py``)::
 
-    parent → worker   ("call", parameters, inputs, output_fields, deadline)
-    worker → parent   ("ready", FunctionSpec) | ("fatal", message)          once, at start
-                      ("ok", outputs) | ("raised", type, message, traceback)
-                      | ("invalid", message)  (the function raised InvalidInput: a 400)
-                      | ("bad_return", message) | ("expired",)            per call, in order
-                      | ("memory", peak_bytes)  (over the memory limit; the worker then exits)
+    parent → worker   Call
+    worker → parent   Ready | Fatal                                       once, at start
+                      Done | Raised | Invalid | BadReturn | Expired       per call, in order
+                      | OverMemory  (over the memory limit; the worker then exits)
+
+The parent reads the worker's frames with ``AllowList``: only the types the protocol
+uses are rebuilt, so a reply cannot run code in the server (an object whose
+``__reduce__`` is ``os._exit`` fails its own call, ``runtime/isolated.py``).
 
 Large tensors (``protocol/packed.py``'s ``Packed``) travel as pickle protocol 5
 out-of-band buffers: the pickle holds a reference, the bytes follow it raw, so nothing
@@ -21,6 +24,7 @@ buffers and their sizes, the pickle, then the buffers::
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -61,10 +65,15 @@ def frame_end(buffer: bytearray | bytes) -> int | None:
     return end if len(buffer) >= end else None
 
 
-def load_frame(data: bytearray | bytes) -> Any:
-    """The message in one whole frame; its buffers stay views of ``data`` (no copy)."""
+def load_frame(data: bytearray | bytes, unpickler: type[pickle.Unpickler] | None = None) -> Any:
+    """The message in one whole frame; its buffers stay views of ``data`` (no copy).
+
+    ``unpickler``: rebuild with this class (``AllowList``) rather than plain ``pickle.loads``.
+    """
     (length,) = HEADER.unpack_from(data)
     if not length & FLAG:
+        if unpickler is not None:
+            return unpickler(io.BytesIO(memoryview(data)[HEADER.size:])).load()
         return pickle.loads(memoryview(data)[HEADER.size:])
     view = memoryview(data)
     (count,) = COUNT.unpack_from(view, HEADER.size)
@@ -77,6 +86,8 @@ def load_frame(data: bytearray | bytes) -> Any:
     for size in sizes:
         buffers.append(view[position:position + size])
         position += size
+    if unpickler is not None:
+        return unpickler(io.BytesIO(view[offset:payload_end]), buffers=buffers).load()
     return pickle.loads(view[offset:payload_end], buffers=buffers)
 
 

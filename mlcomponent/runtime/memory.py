@@ -2,11 +2,13 @@
 
 Two watches, both cheap, neither in the request path:
 
-- the worker checks its own peak RSS (one ``getrusage``) after every call and, past the
-  limit, answers that call with ``("memory", peak)`` and exits (``runtime/worker.py``);
+- the worker checks its own peak RSS (one ``getrusage``) before and after every call (after
+  the reply is encoded, so the encoding is charged to the call that made it) and, past the
+  limit, answers with ``OverMemory`` and exits (``runtime/worker.py``). Growth found
+  *before* a call (threads an earlier call left behind) is not charged to it;
 - the HTTP process polls the worker's resident memory (its whole process tree, from
-  ``/proc``) while it runs, and kills it past the limit, for a call that grows without
-  returning.
+  ``/proc``, grandchildren that double-forked or called ``setsid()`` included) while it
+  runs, and kills it past the limit, for a call that grows without returning.
 
 Why not cgroups: giving the worker its own memory cgroup needs a delegated, writable
 cgroup v2 subtree, and the serving process would first have to move itself into a leaf
@@ -18,9 +20,12 @@ kills there are recognised from ``memory.events`` (``oom_kill``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from mlcomponent.runtime.tree import descendants
 
 MB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -38,37 +43,16 @@ def process_rss(pid: int) -> int | None:
         return None
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children", "rb") as stream:
-                found += [int(child) for child in stream.read().split()]
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def tree_rss(pid: int) -> int | None:
-    """Resident bytes of a process and all its descendants; None when the process is gone."""
+    """Resident bytes of a process and all its descendants (orphans included: the worker is their
+    subreaper, ``runtime/tree.py``); None when the process is gone."""
     total = process_rss(pid)
     if total is None:
         return None
-    stack, seen = children(pid), {pid}
-    while stack:
-        child = stack.pop()
-        if child in seen:
-            continue
-        seen.add(child)
-        total += process_rss(child) or 0
-        stack += children(child)
-    return total
+    return total + sum(process_rss(child) or 0 for child in descendants(pid))
 
 
+@functools.cache
 def can_watch() -> bool:
     return Path(f"/proc/{os.getpid()}/statm").exists()
 

@@ -3,13 +3,16 @@
 Calls run on one dedicated thread: the event loop stays free for health probes and
 other requests' I/O, and the function never runs concurrently with itself, so it
 need not be thread-safe. Without a separate process there is no crash isolation and
-a timed-out call cannot be stopped: it is answered with 504 and left to finish.
+a timed-out call cannot be stopped: it is answered with 504 and left to finish (calls
+queue behind it). Only a call that runs past the service's ``--timeout`` makes the
+service not ready (and refuse calls) until it returns; a client's deadline never does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -32,7 +35,12 @@ class Runner(Protocol):
 
     @property
     def stuck(self) -> bool:
-        """A call is still running past its deadline (the service is not ready meanwhile)."""
+        """A call is still running past the service's --timeout (the service is not ready meanwhile)."""
+        ...
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why no call can run now (a worker that cannot be restarted), or None; calls get 503 meanwhile."""
         ...
 
     async def start(self) -> FunctionSpec: ...
@@ -44,11 +52,14 @@ class Runner(Protocol):
 
 
 class InProcessRunner:
-    def __init__(self, function: InferenceFunction, spec: FunctionSpec, model_key: str) -> None:
+    def __init__(self, function: InferenceFunction, spec: FunctionSpec, model_key: str, *,
+                 run_limit: float | None = None) -> None:
         self.function = function
         self.spec = spec
         self.model_key = model_key
+        self.run_limit = run_limit  # the service's --timeout: past it a running call makes the service unready
         self.model: Any = None
+        self._running_since: float | None = None  # time.monotonic() the running call started
         self._pending = 0  # calls submitted and not finished (the running one included)
         self._overdue = 0  # calls answered 504 that still run: a thread cannot be stopped
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -62,11 +73,16 @@ class InProcessRunner:
     def stuck(self) -> bool:
         return self._overdue > 0
 
+    @property
+    def unavailable(self) -> str | None:
+        return None
+
     async def start(self) -> FunctionSpec:
         return self.spec
 
     def call_sync(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                   output_fields: list[dict[str, Any]]) -> Any:
+        self._running_since = time.monotonic()
         try:
             result = self.function(parameters, function_data(inputs, self.spec.numpy), output_fields,
                                    self.model_key, self.model)
@@ -78,6 +94,8 @@ class InProcessRunner:
             log.error("inference raised %s: %s\n%s", name, error, user_traceback(text))
             raise FunctionFailed(f"inference raised {name}: {error}", exception_type=name,
                                  where=location(text)) from error
+        finally:
+            self._running_since = None
         if not isinstance(result, tuple) or len(result) != 2:
             raise BadFunctionOutput(f"inference returned {type(result).__name__}; it must return a tuple "
                                     "(outputs, model)")
@@ -87,7 +105,7 @@ class InProcessRunner:
     async def call(self, parameters: list[dict[str, Any]], inputs: list[dict[str, Any]],
                    output_fields: list[dict[str, Any]], deadline: float | None = None) -> Any:
         if self._overdue:
-            raise NotReady("a call that ran past its deadline is still running, and without isolation it cannot "
+            raise NotReady("a call that ran past the service's --timeout is still running, and without isolation it cannot "
                            "be stopped; retry shortly", retry_after=1)
         loop = asyncio.get_running_loop()
         submitted = self._executor.submit(self.call_sync, parameters, inputs, output_fields)
@@ -102,8 +120,7 @@ class InProcessRunner:
             if submitted.cancel():  # still queued: it never runs
                 raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did "
                               "not run and will not") from None
-            self._overdue += 1  # running: it cannot be stopped; not ready until it returns
-            future.add_done_callback(self._overdue_finished)
+            self._watch_overrun(future)  # running: it cannot be stopped; it goes on, its result discarded
             raise Timeout("inference did not finish within the request's deadline (it runs in-process and "
                           "cannot be stopped; serve with isolation for hard timeouts)") from None
 
@@ -111,6 +128,21 @@ class InProcessRunner:
         self._pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned call's failure is not "never retrieved"
+
+    def _watch_overrun(self, future: asyncio.Future[Any]) -> None:
+        """Once the running call has run for --timeout, the service is not ready until it returns."""
+        if self.run_limit is None:
+            return
+        started = self._running_since if self._running_since is not None else time.monotonic()
+
+        def overran() -> None:
+            if not future.done():
+                log.warning("a call has run past --timeout (%g s) and cannot be stopped without isolation; not ready "
+                            "until it returns", self.run_limit)
+                self._overdue += 1
+                future.add_done_callback(self._overdue_finished)
+
+        asyncio.get_running_loop().call_later(max(0.0, started + self.run_limit - time.monotonic()), overran)
 
     def _overdue_finished(self, future: asyncio.Future[Any]) -> None:
         self._overdue -= 1

@@ -60,11 +60,11 @@ def make_runner(settings: Settings, model_key: str, observer: Observer | None = 
         config = WorkerConfig(str(settings.python_path), settings.manifest.inference.entry_point.python_function,
                               model_key, settings.worker_env, settings.memory_limit)
         return ProcessRunner(config, settings.model_name, observer, hidden_env=settings.secret_env_names,
-                             memory_label=limits.memory if limits else None)
+                             memory_label=limits.memory if limits else None, run_limit=settings.options.timeout)
     for name in settings.secret_env_names:  # user code runs in this process: it must not see them
         os.environ.pop(name, None)
     function, spec = load_function_and_spec(settings)
-    return InProcessRunner(function, spec, model_key)
+    return InProcessRunner(function, spec, model_key, run_limit=settings.options.timeout)
 
 
 async def check_entry_point(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import gc
 import os
 import resource
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import IO, Any
 
 from mlcomponent.errors import InvalidInput
 from mlcomponent.protocol.packed import function_data, pack_outputs
-from mlcomponent.runtime.frames import CONFIG_ENV, FrameReader, WorkerConfig, widen_pipes, write_frame
+from mlcomponent.runtime.frames import CONFIG_ENV, FrameReader, WorkerConfig, frame_parts, widen_pipes, write_frame
+from mlcomponent.runtime.messages import BadReturn, Call, Done, Expired, Fatal, Invalid, OverMemory, Raised, Ready
+from mlcomponent.runtime.tree import become_subreaper, kill_descendants
 
 MB = 1024 * 1024
 FLUSH_AFTER = 0.002  # seconds an answer may wait in the buffer for the answers of a burst behind it
@@ -33,34 +36,44 @@ def exception_name(error: BaseException) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-def failure_reply(error: BaseException) -> tuple[Any, ...]:
+def failure_reply(error: BaseException) -> Invalid | Raised:
     """What the parent hears when the function raised: InvalidInput is the client's fault (400)."""
     if isinstance(error, InvalidInput):
-        return ("invalid", str(error))
-    return ("raised", exception_name(error), str(error), traceback.format_exc())
+        return Invalid(str(error))
+    return Raised(exception_name(error), str(error), traceback.format_exc())
 
 
 # --------------------------------------------------------------------------- the memory limit
 
 
-def peak_rss() -> int:
-    """This process's high-water mark of resident memory, in bytes (one getrusage call: cheap)."""
+def own_peak() -> int:
+    """This process image's own high-water mark of resident memory, in bytes.
+
+    ``getrusage`` is one cheap call, but after ``exec`` it keeps the high-water mark of the
+    process that forked us (the HTTP server, possibly far larger than this worker). When
+    it reads over a limit, ``VmHWM`` (which starts afresh at ``exec``) says what is ours.
+    """
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def over_memory_limit(sink: IO[bytes], limit: int | None) -> bool:
-    """After a call: past the limit at any moment, answer ``("memory", peak)`` instead; the caller exits.
+def exact_peak() -> int:
+    try:
+        with open("/proc/self/status", "rb") as stream:
+            for line in stream:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return own_peak()
 
-    The peak, not the current size: in a pod a moment over the limit is an OOM kill.
-    """
-    if limit is None:
-        return False
-    peak = peak_rss()
-    if peak <= limit:
-        return False
-    write_frame(sink, ("memory", peak))
-    return True
+
+def over_limit(limit: int | None) -> int | None:
+    """The peak, when it is past ``limit`` (in a pod a moment over the limit is an OOM kill), else None."""
+    if limit is None or own_peak() <= limit:
+        return None
+    peak = exact_peak()
+    return peak if peak > limit else None
 
 
 def prefer_me_for_the_oom_killer() -> None:
@@ -72,8 +85,39 @@ def prefer_me_for_the_oom_killer() -> None:
         pass  # not Linux, or not allowed: the parent's watch still holds the limit
 
 
-def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes], spec: Any = None,
+def run_call(function: Any, call: Call, key: str, model: Any, numpy: bool, allow_nan: dict[str, bool],
+             ) -> tuple[Done | Raised | Invalid | BadReturn, Any]:
+    """One call's reply (not yet encoded) and the model it leaves."""
+    try:
+        result = function(call.parameters, function_data(call.inputs, numpy), call.output_fields, key, model)
+    except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
+        return failure_reply(error), model
+    if not isinstance(result, tuple) or len(result) != 2:
+        return BadReturn(f"inference returned {type(result).__name__}; it must return a tuple (outputs, model)"), model
+    outputs, model = result
+    try:
+        # numeric numpy arrays travel as raw buffers; other numpy values (any depth) become lists here
+        return Done(pack_outputs(outputs, call.output_fields, allow_nan)), model
+    except Exception as error:  # noqa: BLE001 - a numpy value we cannot convert
+        return BadReturn(f"inference returned outputs that cannot be sent: {error}"), model
+
+
+def encode(message: Any) -> list[Any]:
+    """The frame of a reply; a reply that cannot be pickled becomes that call's ``BadReturn``."""
+    try:
+        return frame_parts(message)
+    except Exception as error:  # noqa: BLE001 - pickling runs the user's __reduce__: anything goes
+        return frame_parts(BadReturn(f"inference returned outputs that cannot be sent: {error}"))
+
+
+def serve_calls(function: Any, key: str, source: IO[bytes], sink: IO[bytes], spec: Any = None,
                 memory_limit: int | None = None) -> None:
+    """Run calls in order until the parent closes the pipe.
+
+    The memory limit is checked before each call (growth since the last reply is not this
+    call's: the worker retires without starting it) and after its reply is encoded (the
+    encoding is part of the call's use).
+    """
     model: Any = None
     numpy = bool(spec is not None and spec.numpy)
     allow_nan = {t.name: t.allow_nan for t in spec.outputs} if spec is not None else {}
@@ -81,42 +125,35 @@ def serve_calls(function: Any, model_key: str, source: IO[bytes], sink: IO[bytes
 
     last_flush = time.monotonic()
 
-    def reply(message: Any) -> None:
+    def send(parts: list[Any]) -> None:
         """Answers to a burst of fast calls go in one write; a slow call's answer goes at once."""
         nonlocal last_flush
+        for part in parts:
+            sink.write(part)
         now = time.monotonic()
-        flush = not reader.pending or now - last_flush > FLUSH_AFTER
-        write_frame(sink, message, flush=flush)
-        if flush:
+        if not reader.pending or now - last_flush > FLUSH_AFTER:
+            sink.flush()
             last_flush = now
 
     while True:
-        message = reader.read()
-        if message is None:
-            return  # the parent closed the pipe: it is gone or shutting down
-        _, parameters, inputs, output_fields, deadline = message
-        if deadline is not None and time.time() > deadline:
-            reply(("expired",))  # answered 504 already: never start it
-            continue
-        try:
-            result = function(parameters, function_data(inputs, numpy), output_fields, model_key, model)
-        except BaseException as error:  # noqa: BLE001 - everything the function raises is reported
-            if not over_memory_limit(sink, memory_limit):
-                reply(failure_reply(error))
-                continue
+        call = reader.read()
+        if call is None:
+            kill_descendants(os.getpid())  # the parent closed the pipe: it is gone or shutting down
             return
-        if over_memory_limit(sink, memory_limit):
-            return
-        if not isinstance(result, tuple) or len(result) != 2:
-            reply(("bad_return", f"inference returned {type(result).__name__}; it must return a "
-                                 "tuple (outputs, model)"))
+        assert isinstance(call, Call), f"the worker protocol sends Call, not {type(call).__name__}"
+        if call.deadline is not None and time.time() > call.deadline:
+            send(frame_parts(Expired()))  # answered 504 already: never start it
             continue
-        outputs, model = result
-        try:
-            # numeric numpy arrays travel as raw buffers; other numpy values (any depth) become lists here
-            reply(("ok", pack_outputs(outputs, output_fields, allow_nan)))
-        except Exception as error:  # noqa: BLE001 - pickling, or a numpy value we cannot convert
-            reply(("bad_return", f"inference returned outputs that cannot be sent: {error}"))
+        if (peak := over_limit(memory_limit)) is not None:
+            write_frame(sink, OverMemory(peak, between_calls=True))
+            return
+        strays = threading.active_count() - 1
+        reply, model = run_call(function, call, key, model, numpy, allow_nan)
+        parts = encode(reply)
+        if (peak := over_limit(memory_limit)) is not None:
+            write_frame(sink, OverMemory(peak, stray_threads=strays))
+            return
+        send(parts)
 
 
 def main() -> int:
@@ -134,21 +171,22 @@ def main() -> int:
 
     apply_env(config.env)
     prefer_me_for_the_oom_killer()
+    become_subreaper()  # before the user's module runs: whatever it starts stays in our tree
     try:
         function = load_entry_point(Path(config.python_path), config.function)
         spec = spec_of(function)
     except EntryPointError as error:
-        write_frame(sink, ("fatal", str(error)))
+        write_frame(sink, Fatal(str(error)))
         return 1
     except DocstringSpecError as error:
-        write_frame(sink, ("fatal", f"{config.function}: docstring specification: {error}"))
+        write_frame(sink, Fatal(f"{config.function}: docstring specification: {error}"))
         return 1
-    if config.memory_limit is not None and peak_rss() > config.memory_limit:
-        write_frame(sink, ("fatal", f"importing {config.function} took {peak_rss() / MB:.0f} MiB, over the memory "
-                                    f"limit of {config.memory_limit / MB:.0f} MiB (resourceLimits.memory; "
-                                    "--no-limits lifts it locally)"))
+    if (peak := over_limit(config.memory_limit)) is not None:
+        write_frame(sink, Fatal(f"importing {config.function} took {peak / MB:.0f} MiB, over the memory limit of "
+                                f"{(config.memory_limit or 0) / MB:.0f} MiB (resourceLimits.memory; --no-limits "
+                                "lifts it locally)"))
         return 1
-    write_frame(sink, ("ready", spec))
+    write_frame(sink, Ready(spec))
     gc.collect()
     gc.freeze()  # the loaded module never becomes garbage; keep the cyclic GC off it
     gc.set_threshold(20_000, 50, 100)

@@ -1,0 +1,68 @@
+"""The worker protocol's typed messages, the parent's allow-list and the worker's checked states."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from mlcomponent.protocol.packed import Packed
+from mlcomponent.runtime.frames import WorkerConfig, frame, load_frame
+from mlcomponent.runtime.isolated import ProcessRunner, WorkerState, read_message
+from mlcomponent.runtime.messages import AllowList, BadReturn, Done, Ready, Refused
+from mlcomponent.spec.model import FunctionSpec, TensorSpec
+
+
+class Runs:
+    def __init__(self, function: object, *args: object) -> None:
+        self.reduced = (function, args)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return self.reduced
+
+
+def test_the_protocols_types_are_read_back() -> None:
+    spec = FunctionSpec(inputs=(TensorSpec("x", "FP32"),), declared=True)
+    assert load_frame(bytearray(frame(Ready(spec))), AllowList) == Ready(spec)
+    reply = Done([{"name": "y", "datatype": "FP32", "shape": [2], "data": Packed("FP32", bytes(8))},
+                  {"name": "z", "data": np.arange(3, dtype=np.float64), "scalar": np.float32(1.5),
+                   "dtype": np.dtype("<i4"), "nested": [{"a": (1, 2.0, "s", b"b", None, True)}]}])
+    read = load_frame(bytearray(frame(reply)), AllowList)
+    assert isinstance(read, Done) and read.outputs[0]["data"] == reply.outputs[0]["data"]
+    assert read.outputs[1]["data"].tolist() == [0.0, 1.0, 2.0] and read.outputs[1]["scalar"] == np.float32(1.5)
+
+
+@pytest.mark.parametrize("reduced", [Runs(time.sleep, 20), Runs(os._exit, 3), Runs(os.system, "true"),
+                                     Runs(eval, "1")])
+def test_anything_else_is_refused_before_it_runs(reduced: Runs) -> None:
+    data = bytearray(frame(Done([{"name": "y", "data": [reduced]}])))
+    with pytest.raises(Refused):
+        load_frame(data, AllowList)
+    message = read_message(data)  # what the runner makes of it: that call's BadReturn, naming the type
+    assert isinstance(message, BadReturn) and "inference output 'y'" in message.message
+    assert f"{reduced.reduced[0].__module__}" in message.message  # type: ignore[attr-defined]
+
+
+def test_a_frame_that_is_not_a_message_is_a_bad_return() -> None:
+    assert isinstance(read_message(bytearray(frame(("ok", [1])))), BadReturn)
+    assert pickle.loads(pickle.dumps(Done([1]))) == Done([1])
+
+
+def test_worker_states_move_only_as_declared() -> None:
+    runner = ProcessRunner(WorkerConfig("/", "m.f", "key", {}), "m")
+    assert runner.state is WorkerState.STARTING
+    runner._move(WorkerState.IDLE)
+    runner._move(WorkerState.RUNNING)
+    with pytest.raises(RuntimeError, match="cannot go from running to starting"):
+        runner._move(WorkerState.STARTING)
+    runner._move(WorkerState.DEAD)
+    runner._move(WorkerState.STARTING)
+    runner._move(WorkerState.UNAVAILABLE)
+    with pytest.raises(RuntimeError, match="cannot go from unavailable to running"):
+        runner._move(WorkerState.RUNNING)
+    runner._move(WorkerState.CLOSED)
+    with pytest.raises(RuntimeError):
+        runner._move(WorkerState.STARTING)
