@@ -157,8 +157,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elapsed = now - self.phase_since
         if self.transport.is_closing():
             return None
-        if self.waiting_for_headers:
-            return elapsed
+        if self.waiting_for_headers:  # one just accepted, nothing read yet, goes last: its head may be queued
+            return elapsed if self.phase_bytes or elapsed >= BODY_GRACE else elapsed - BODY_GRACE
         cycle = self.cycle
         rate = self.guard.min_body_rate
         if (cycle is None or not cycle.more_body or cycle.response_complete or self.flow.read_paused or rate <= 0
