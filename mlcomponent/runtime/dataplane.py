@@ -129,7 +129,8 @@ class DataPlane:
             raise
         finally:
             self.admitted -= 1
-            await asyncio.to_thread(files.cleanup)
+            if files.created:  # most requests make no folder: no thread hop (~100 µs) to remove nothing
+                await asyncio.to_thread(files.cleanup)
 
     def admit(self) -> None:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""

@@ -221,6 +221,11 @@ class RequestFiles:
             raise BadFunctionOutput(f"inference output {name!r}: no file was written at {returned!r}")
         return path
 
+    @property
+    def created(self) -> bool:
+        """Whether the request folder exists (``cleanup`` has something to remove)."""
+        return self._created
+
     def cleanup(self) -> None:
         if self._created:
             shutil.rmtree(self.folder, ignore_errors=True)
