@@ -8,10 +8,12 @@ client on CPU 0; the server on CPU 1). A refused client waits the `Retry-After` 
 given before it sends again, as the header asks. The table counts served requests and
 their latency (all should be within the budget plus one call), and refusals: how many,
 how fast (the client's measure, from sending to the last byte), and whether each
-carried `Retry-After`. The load client's own measure of a refusal includes its own
-delays (one Python loop with up to 1,000 connections on a shared core), so a probe, a
-separate process with one connection, sends a request every 50 ms during each run and
-times its answers: its refusal latency is the server's, not the load client's.
+carried `Retry-After` (after that wait the client connects again: the server closes
+a keep-alive connection idle for 5 s). The load client's own measure of a refusal
+includes its own delays (one Python loop with up to 1,000 connections on a shared
+core), so a probe, a separate process, sends a request every 50 ms during each run,
+each on its own connection and thread, and times the refusals: the server's latency
+(and the shared core's), not the load client's.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
                 if retry is not None:
                     tally.refused_with_retry_after += 1
                     await asyncio.sleep(min(float(retry), max(0.0, stop - time.monotonic())))
+                    writer.close()  # as a real client would find after seconds idle: the server's keep-alive is over
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
             else:
                 tally.other += 1
             if headers.get("connection") == "close":
