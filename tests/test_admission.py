@@ -209,10 +209,15 @@ def test_over_http_and_grpc_a_refusal_is_503_unavailable_with_retry_after(tmp_pa
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert ("retry-after", "1") in caught.value.trailing_metadata()
         assert "--max-queue-wait" in caught.value.details()
+        undecodable = request(("x", "INT32", [1], [1]), do="echo")
+        undecodable.raw_input_contents.append(b"")  # 2 raw entries for 1 input: INVALID_ARGUMENT once decoded
+        with pytest.raises(grpc.RpcError) as caught:
+            server.infer(undecodable)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # admission (once) comes before decoding
         gates[1].touch()
         assert held.result().status_code == 200
         assert post(body("echo")).status_code == 200  # nothing ahead: admitted
         metrics = httpx.get(server.http.url + "/metrics").text
-        assert 'mlcomponent_refusals_total{reason="queue_wait"} 2.0' in metrics
+        assert 'mlcomponent_refusals_total{reason="queue_wait"} 3.0' in metrics
         assert "mlcomponent_queue_wait_seconds_count" in metrics
         assert len(log.read_text().splitlines()) == 3  # the refused requests never ran
