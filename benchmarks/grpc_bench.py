@@ -38,7 +38,7 @@ import psutil
 from open_inference.grpc.protocol import ModelInferRequest, ModelInferResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BODY, HERE, MB, ROOT, PeakRss, free_port, pinned, rate_cells, ratio_rows, tree_rss, wrk  # noqa: E402
+from run import BODY, HERE, MB, ROOT, PeakRss, free_port, pinned, rate_cells, ratio_rows, tree_cpu, tree_rss, wrk  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -96,8 +96,11 @@ def answer_size(port: int, deadline_s: float = 120) -> int:
             time.sleep(0.2)
 
 
-def h2load(port: int, streams: int, seconds: int, body: Path, size: int, log: Path) -> dict[str, Any]:
-    """One run: requests/s, each request's ms (h2load's per-request log), errors, the generator's CPU share."""
+def h2load(port: int, streams: int, seconds: int, body: Path, size: int, log: Path,
+           server_pid: int | None = None) -> dict[str, Any]:
+    """One run: requests/s, each request's ms (h2load's per-request log), errors, the generator's CPU share,
+    and the server's CPU µs per answer (its whole process tree: what the machine's load distorts least)."""
+    server_cpu = tree_cpu(server_pid) if server_pid is not None else 0.0
     command = ["taskset", "-c", "0", "h2load", "-c", "1", "-t", "1", "-m", str(streams), "-D", str(seconds),
                "-d", str(body), "--log-file", str(log),
                "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{METHOD}"]
@@ -120,8 +123,9 @@ def h2load(port: int, streams: int, seconds: int, body: Path, size: int, log: Pa
     succeeded, failed = int(done.group(2)), int(done.group(3)) + int(done.group(4))
     received = int(data.group(2))  # every answer must be the one correct answer, byte for byte in size
     wrong = abs(succeeded - received // size) if received % size == 0 else max(1, succeeded - received // size)
+    server_us = (tree_cpu(server_pid) - server_cpu) * 1e6 / max(1, succeeded) if server_pid is not None else 0.0
     return {"rps": float(rate.group(2)), "errors": failed + wrong, "cpu": cpu / float(rate.group(1)),
-            "ms": [int(line.split()[2]) / 1000 for line in log.read_text().splitlines() if line.strip()]}
+            "server_us": server_us, "ms": [int(line.split()[2]) / 1000 for line in log.read_text().splitlines() if line.strip()]}
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -130,7 +134,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {"rps": statistics.median(run["rps"] for run in runs), "errors": sum(run["errors"] for run in runs),
             "p50": statistics.median(durations) if durations else float("nan"),
             "p99": durations[max(0, int(len(durations) * 0.99) - 1)] if durations else float("nan"),
-            "generator_cpu": max(run["cpu"] for run in runs)}
+            "generator_cpu": max(run["cpu"] for run in runs),
+            "server_us": statistics.median(run["server_us"] for run in runs)}
 
 
 def main() -> None:
@@ -175,9 +180,9 @@ def main() -> None:
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         rest: dict[int, list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
-            for key, (http, port, size, _) in live.items():
+            for key, (http, port, size, process) in live.items():
                 for streams in levels:
-                    run = h2load(port, streams, args.seconds, body, size, work / f"{key}-{streams}.log")
+                    run = h2load(port, streams, args.seconds, body, size, work / f"{key}-{streams}.log", process.pid)
                     runs.setdefault((key, streams), []).append(run)
                     print(f"round {round_ + 1} {key} @{streams}: {run['rps']:.0f} req/s, {run['errors']} errors",
                           file=sys.stderr)
@@ -214,6 +219,17 @@ def render(results: dict[str, dict[Any, Any]], levels: list[int], before: tuple[
     if "mlcomponent" in results:
         mine = results["mlcomponent"]
         lines += ratio_rows(results, levels, "mlcomponent gRPC", "bare grpcio servicer")
+        lines += ["", "| server CPU µs per answer (user + system, whole process tree) | " +
+                  " | ".join(f"@{n}" for n in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+        for key, row in results.items():
+            lines.append(f"| {names[key]} | " + " | ".join(f"{row[n]['server_us']:.0f}" for n in levels) + " |")
+        peers = [results[k] for k in ("mlserver", "kserve") if k in results]
+        if peers:
+            lines.append("| mlcomponent against the better peer by CPU (peer's µs / ours) | " + " | ".join(
+                f"{min(p[n]['server_us'] for p in peers) / mine[n]['server_us']:.2f}×" for n in levels) + " |")
+        if "bare" in results:
+            lines.append("| mlcomponent's share of the ceiling by CPU (bare's µs / ours) | " + " | ".join(
+                f"{results['bare'][n]['server_us'] / mine[n]['server_us']:.0%}" for n in levels) + " |")
         rest = mine["rest"]
         lines.append("| mlcomponent REST (wrk, N connections), req/s | " + " | ".join(
             f"{rest[n]['rps']:,.0f}" for n in levels) + " |")  # type: ignore[index]

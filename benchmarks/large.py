@@ -23,16 +23,19 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
+import psutil
 import run as bench
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+MB = 1024 * 1024
 
 
 def servers(port: int, work: Path) -> dict[str, bench.Server]:
@@ -75,13 +78,40 @@ def check(answer: bytes, headers: http.client.HTTPMessage, values: array[float],
     assert len(got) == len(values) and got[7] == values[7] * 2 and got[-1] == values[-1] * 2, "wrong answer"
 
 
+class ProcessPeak:
+    """The serving process's own RSS (not its worker's), sampled every 10 ms while a request runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.process, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> ProcessPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def timed(ports: dict[str, int], keys: list[str], values: array[float], binary: bool,
-          repeat: int) -> dict[str, list[float]]:
-    """Seconds per request for each server, taking turns (after one checked warm-up request each)."""
+          repeat: int, pids: dict[str, int], peaks: dict[str, int]) -> dict[str, list[float]]:
+    """Seconds per request for each server, taking turns (after one checked warm-up request each);
+    ``peaks`` gets each server's peak RSS growth over its RSS before the request (its own process)."""
     body, headers = request(values, binary)
     timings: dict[str, list[float]] = {key: [] for key in keys}
     for attempt in range(repeat + 1):
         for key in keys:
+            before = psutil.Process(pids[key]).memory_info().rss
+            watch = ProcessPeak(pids[key]).__enter__()
             # a connection per request: checking a 16M answer outlasts the servers' keep-alive timeouts
             connection = http.client.HTTPConnection("127.0.0.1", ports[key], timeout=600)
             connection.connect()
@@ -91,6 +121,8 @@ def timed(ports: dict[str, int], keys: list[str], values: array[float], binary: 
             answer = response.read()
             elapsed = time.perf_counter() - started
             connection.close()
+            watch.__exit__()
+            peaks[key] = max(peaks.get(key, 0), watch.peak - before)
             if response.status != 200:
                 raise RuntimeError(f"{key}: {response.status}: {answer[:300]!r}")
             if attempt == 0:
@@ -112,21 +144,35 @@ def main() -> None:
     load = os.getloadavg()
     results: dict[str, dict[tuple[int, bool], float]] = {}
     with ExitStack() as stack:
-        ports = {}
+        ports, pids = {}, {}
         for key in args.only.split(","):  # all up at once; they take turns request by request
             port = bench.free_port()
-            stack.enter_context(bench.running(servers(port, work)[key], port, work / f"{key}.log"))
+            pids[key] = stack.enter_context(bench.running(servers(port, work)[key], port, work / f"{key}.log")).pid
             ports[key] = port
+        growth: dict[tuple[str, int, bool], int] = {}
         for n in sizes:
             for binary in (False, True):
                 keys = [k for k in ports if not (binary and k == "mlserver")  # no binary REST
                         and not (k == "lists" and n > 1_000_000 and not binary)]  # minutes: 16M Python floats
                 repeat = 5 if n <= 1_000_000 else 3 if binary else 2
-                timings = timed(ports, keys, data[n], binary, repeat)
+                peaks: dict[str, int] = {}
+                timings = timed(ports, keys, data[n], binary, repeat, pids, peaks)
                 for key in keys:
+                    growth[key, n, binary] = peaks[key]
                     results.setdefault(key, {})[n, binary] = seconds = statistics.median(timings[key])
                     print(f"   {key} {n:>10,} {'binary' if binary else 'JSON'}: {seconds:.3f} s", file=sys.stderr)
     table = render(results, sizes, servers(0, work), load)
+    table += ("\n| the serving process's peak RSS growth during a call / JSON body size | " +
+              " | ".join(f"{n / 1e6:g}M {'binary' if b else 'JSON'}" for n in sizes for b in (False, True)) + " |\n" +
+              "|---" * (2 * len(sizes) + 1) + "|\n")
+    for key in results:
+        cells = []
+        for n in sizes:
+            json_size = len(request(data[n], False)[0])
+            for b in (False, True):
+                cells.append(f"{growth[key, n, b] / MB:.0f} MB ({growth[key, n, b] / json_size:.1f}×)"
+                             if (key, n, b) in growth else "—")
+        table += f"| {servers(0, work)[key].name} | " + " | ".join(cells) + " |\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)

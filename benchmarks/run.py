@@ -90,6 +90,10 @@ def servers(port: int, work: Path) -> dict[str, Server]:
         "mlcomponent": Server("mlcomponent", [python, "-m", "mlcomponent", "serve",
                                               str(HERE / "models/double/mlcomponent.yaml"), "--port", str(port),
                                               "--data-root", str(work / "mlc-data"), "--log-level", "warning", *EXTRA], ROOT),
+        "inprocess": Server("mlcomponent --no-isolate", [python, "-m", "mlcomponent", "serve",
+                                                         str(HERE / "models/double/mlcomponent.yaml"), "--port",
+                                                         str(port), "--data-root", str(work / "mlc-data-inprocess"),
+                                                         "--log-level", "warning", "--no-isolate", *EXTRA], ROOT),
         "mlserver": Server("MLServer 1.7 (parallel workers off)",
                            [str(HERE / ".venv-mlserver/bin/mlserver"), "start", str(mlserver_dir)], mlserver_dir),
         "kserve": Server("KServe 0.21 ModelServer",
@@ -220,7 +224,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per concurrency")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", default="1,8,64,256,1000")
-    parser.add_argument("--only", default="mlcomponent,mlserver,kserve,bare")
+    parser.add_argument("--only", default="mlcomponent,inprocess,mlserver,kserve,bare")
     args = parser.parse_args()
     peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
     if peers_missing or not shutil.which("wrk"):
@@ -292,7 +296,8 @@ def ratio_rows(results: dict[str, dict[Any, Any]], levels: list[int], label: str
 
 
 def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
-    names = {"mlcomponent": "mlcomponent (defaults)", "mlserver": "MLServer 1.7.1, parallel workers off",
+    names = {"mlcomponent": "mlcomponent (defaults)", "inprocess": "mlcomponent --no-isolate (the hop's cost)",
+             "mlserver": "MLServer 1.7.1, parallel workers off",
              "kserve": "KServe 0.21 ModelServer", "bare": "bare uvicorn (ceiling)"}
     load = os.getloadavg()
     lines = [f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", "",
@@ -314,6 +319,13 @@ def render(results: dict[str, dict[str, object]], levels: list[int]) -> str:
         if "bare" in results:
             lines.append("| mlcomponent's share of the ceiling by CPU (bare's µs / ours) | " + " | ".join(
                 f"{results['bare'][c]['cpu_us'] / mine[c]['cpu_us']:.0%}" for c in levels) + " |")  # type: ignore[index]
+        peers = [results[k] for k in ("mlserver", "kserve") if k in results]
+        if peers:
+            lines.append("| mlcomponent against the best peer by CPU (peer's µs / ours) | " + " | ".join(
+                f"{min(p[c]['cpu_us'] for p in peers) / mine[c]['cpu_us']:.2f}×" for c in levels) + " |")  # type: ignore[index]
+        if "inprocess" in results:
+            lines.append("| the isolated worker's hop (defaults − `--no-isolate`), µs | " + " | ".join(
+                f"{mine[c]['cpu_us'] - results['inprocess'][c]['cpu_us']:.0f}" for c in levels) + " |")  # type: ignore[index]
         lines += ["", "| median of 5 (large tensors: benchmarks/large.py) | seconds |", "|---|---|",
                   f"| mlcomponent, 10 MB FILE in (multipart) + out (download), local box | {mine['file']:.3f} |"]
     return "\n".join(lines) + "\n"

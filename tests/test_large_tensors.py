@@ -143,3 +143,32 @@ def test_a_million_fp32_values_round_trip_in_binary_exactly(echo: Server) -> Non
     assert answer.status_code == 200, answer.text
     split = int(answer.headers["inference-header-content-length"])
     assert answer.content[split:] == raw[len(raw) - 4 * len(values):]
+
+
+def test_long_json_lists_are_checked_and_packed_from_one_typed_array() -> None:
+    """The value check's typed array becomes the packed data (inside ``reusing_checked_arrays`` only),
+    with the same bytes and verdicts as packing the list anew; outside it nothing is remembered."""
+    from mlcomponent.protocol import packed as packed_module
+    from mlcomponent.protocol.packed import pack_checked_lists, reusing_checked_arrays
+    from mlcomponent.protocol.tensors import values_problem
+    from mlcomponent.protocol.types import InputTensor
+
+    fp32_max = 3.4028234663852886e38
+    values = [float(i % 997) * 1.1 for i in range(5000)]
+    for datatype in ("FP32", "FP64"):
+        fresh = InputTensor("x", datatype, [len(values)], list(values))
+        pack_checked_lists([fresh])
+        reused = InputTensor("x", datatype, [len(values)], list(values))
+        with reusing_checked_arrays():
+            assert values_problem(datatype, reused.data, kinds={float}) is None
+            checked = packed_module._checked
+            assert checked is not None and checked[id(reused.data)][0] is reused.data
+            kept = checked[id(reused.data)][1]
+            pack_checked_lists([reused])
+        assert isinstance(reused.data, Packed) and reused.data.raw.obj is kept  # packed from the check's array
+        assert packed_module._checked is None
+        assert isinstance(reused.data, Packed) and reused.data.checked and reused.data == fresh.data
+    past = fp32_max * (1 + 2**-25)  # rounds to FP32's maximum in a typed array: the exact check decides
+    assert values_problem("FP32", [*values, past]) == f"element 5000 = {past} overflows FP32"
+    assert values_problem("FP32", [*values, fp32_max]) is None  # the largest FP32 value itself is fine
+    assert values_problem("FP32", [*values, float("nan")]) == "element 5000 is nan; FP32 values must be finite"

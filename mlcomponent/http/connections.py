@@ -99,13 +99,17 @@ def guard() -> Guard:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One timer per connection for both deadlines, re-armed only when it fires: a request moves
+    timestamps (``idle_since``, ``body_since``), never timers (a timer armed and cancelled per
+    request and per body chunk cost more than the rest of the guard)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.guard = guard()
         self.idle_since = 0.0  # when it began to wait for a request's headers
         self.waiting_for_headers = True
-        self.header_timer: asyncio.TimerHandle | None = None
-        self.body_timer: asyncio.TimerHandle | None = None
+        self.body_since: float | None = None  # the body's last progress; None: no body being read
+        self.timer: asyncio.TimerHandle | None = None
 
     # ----------------------------------------------------------------------- connections
 
@@ -140,18 +144,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(BUSY % (len(body), body))
         self.transport.close()
 
+    # ----------------------------------------------------------------------- deadlines
+
+    def _arm(self, when: float) -> None:
+        """Make sure the timer fires by ``when`` (it checks both deadlines and re-arms itself)."""
+        if self.timer is None or self.timer.when() > when:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(when, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self.timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.waiting_for_headers:
+            due = self.idle_since + self.guard.header_timeout
+            if now >= due:
+                self._headers_too_slow()
+            else:
+                self._arm(due)
+        elif self.body_since is not None:
+            due = self.body_since + self.guard.body_timeout
+            if now >= due:
+                self._body_too_slow()
+            else:
+                self._arm(due)
+        # else: a request is being answered; the next wait for headers arms the timer again
+
     # ----------------------------------------------------------------------- header deadline
 
     def _await_headers(self) -> None:
         self.waiting_for_headers = True
+        self.body_since = None
         self.idle_since = self.loop.time()
-        self._cancel_timers()
-        self.header_timer = self.loop.call_later(self.guard.header_timeout, self._headers_too_slow)
+        self._arm(self.idle_since + self.guard.header_timeout)
 
     def _headers_too_slow(self) -> None:
-        self.header_timer = None
-        if self.transport.is_closing() or not self.waiting_for_headers:
-            return
         client = _peer(self.client)
         self.guard.report("headers", f"closed the connection from {client}: its request headers did not arrive "
                                      f"within {self.guard.header_timeout:g} s (--header-timeout)")
@@ -161,9 +190,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.waiting_for_headers = False
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
         super().on_headers_complete()
         self._await_body()
 
@@ -176,14 +202,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ----------------------------------------------------------------------- body deadline
 
     def _await_body(self) -> None:
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-        self.body_timer = self.loop.call_later(self.guard.body_timeout, self._body_too_slow)
+        self.body_since = self.loop.time()
+        self._arm(self.body_since + self.guard.body_timeout)
 
     def _body_too_slow(self) -> None:
-        self.body_timer = None
         cycle = self.cycle
-        if self.transport.is_closing() or cycle is None or not cycle.more_body or cycle.response_complete:
+        if cycle is None or not cycle.more_body or cycle.response_complete:
+            self.body_since = None
             return
         if self.flow.read_paused:  # we are not reading (the app is busy): not the client's fault
             self._await_body()
@@ -195,17 +220,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        if self.body_timer is not None:
-            self._await_body()  # progress: the deadline starts again
+        if self.body_since is not None:
+            self.body_since = self.loop.time()  # progress: the deadline starts again
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-            self.body_timer = None
+        self.body_since = None
 
     def _cancel_timers(self) -> None:
-        for timer in (self.header_timer, self.body_timer):
-            if timer is not None:
-                timer.cancel()
-        self.header_timer = self.body_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -57,7 +57,7 @@ def result_payload(response: InferenceResponse, scope: Scope) -> tuple[bytes, He
         parts, length = encoded
         return b"".join(parts), [(b"content-type", b"application/octet-stream"),
                                  (b"inference-header-content-length", b"%d" % length)]
-    return orjson.dumps(body), list(JSON_HEADERS)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), list(JSON_HEADERS)  # see binary.encode
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:

@@ -114,7 +114,8 @@ def encode_tensor(datatype: str, data: Any) -> bytes | memoryview:
 def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[list[bytes], int] | None:
     """Move the data of the outputs the client wants in binary after the JSON; None when there are none.
 
-    The outputs that stay in the JSON get their packed data as lists (in ``body``, in place).
+    The outputs that stay in the JSON get their packed data as ``Packed.json_values`` (in ``body``, in
+    place): dump it with orjson's ``OPT_SERIALIZE_NUMPY``.
     """
     import orjson
 
@@ -123,12 +124,12 @@ def encode(body: dict[str, Any], wants_binary: Callable[[str], bool]) -> tuple[l
         datatype = canonical_datatype(output["datatype"])
         if datatype == "FILE" or not wants_binary(output["name"]):
             if isinstance(output.get("data"), Packed):
-                output["data"] = output["data"].tolist()
+                output["data"] = output["data"].json_values()  # dumped with OPT_SERIALIZE_NUMPY
             continue
         blob = encode_tensor(datatype or "", output.pop("data"))
         output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
         blobs.append(blob)
     if not blobs:
         return None
-    header = orjson.dumps(body)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)  # packed data: json_values
     return [header, *blobs], len(header)

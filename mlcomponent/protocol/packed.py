@@ -18,7 +18,8 @@ import pickle
 import struct
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
@@ -77,6 +78,18 @@ class Packed:
 
     def tolist(self) -> list[Any]:
         return self.array().tolist()
+
+    def json_values(self) -> Any:
+        """The values for a JSON encoder: a numpy array (orjson's ``OPT_SERIALIZE_NUMPY`` writes it
+        without a Python number per element, the same text as the list) when numpy is installed,
+        else the list. FP32 widens to FP64 first, as ``tolist`` does, so the text is the list's."""
+        try:
+            values = self.to_numpy()
+        except ImportError:
+            return self.tolist()
+        if self.datatype == "FP32":
+            return values.astype("<f8")
+        return values if values.flags.aligned else values.copy()  # orjson takes aligned arrays only
 
     def to_numpy(self) -> Any:
         """A flat numpy array over the same memory (writable when the memory is)."""
@@ -184,13 +197,39 @@ def function_data(inputs: list[dict[str, Any]], numpy: bool) -> list[dict[str, A
     return inputs
 
 
+# Typed arrays the value checks made of long lists (``tensors.values_problem``), kept only inside
+# ``reusing_checked_arrays`` so that packing the same lists does not convert them again.
+_checked: dict[int, tuple[list[Any], array[Any]]] | None = None
+
+
+@contextmanager
+def reusing_checked_arrays() -> Iterator[None]:
+    """While decoding and packing one request (no await in between): remember checked arrays."""
+    global _checked
+    _checked = {}
+    try:
+        yield
+    finally:
+        _checked = None
+
+
+def remember_checked(data: list[Any], values: array[Any]) -> None:
+    """``values`` is ``data`` as little-endian typed values that passed the checks (see above)."""
+    if _checked is not None:
+        _checked[id(data)] = (data, values)
+
+
 def pack_checked_lists(tensors: Iterable[Any]) -> None:
     """Long numeric lists of checked input tensors (``InputTensor``) as ``Packed``, in place: for a
     function that takes numpy arrays, the list would only be pickled to become an array anyway."""
     for tensor in tensors:
         data = tensor.data
         if type(data) is list and len(data) >= PACK_MIN and tensor.datatype in TYPECODES:
-            tensor.data = Packed.from_list(tensor.datatype, data)
+            known = _checked.get(id(data)) if _checked is not None else None
+            if known is not None and known[0] is data and known[1].typecode == TYPECODES[tensor.datatype]:
+                tensor.data = Packed(tensor.datatype, known[1], checked=True)
+            else:
+                tensor.data = Packed.from_list(tensor.datatype, data)
 
 
 def _pack_array(value: Any, datatype: str, allow_nan: bool) -> Packed | None:

@@ -7,9 +7,12 @@ the client's (400) for inputs, the function's (500) for outputs.
 from __future__ import annotations
 
 import math
+import struct
+import sys
+from array import array
 from typing import Any
 
-from mlcomponent.protocol.packed import Packed, bounds, packed_problem
+from mlcomponent.protocol.packed import Packed, bounds, nonfinite_index, packed_problem, remember_checked
 from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -70,6 +73,7 @@ def shape_problem(shape: Any) -> str | None:
 
 
 NUMBER_KINDS = frozenset({int, float})
+TYPED_CHECK_MIN = 512  # shorter lists: sum, min and max cost less than making a typed array
 
 
 def values_problem(datatype: str, data: Any, allow_nan: bool = False,
@@ -97,11 +101,37 @@ def values_problem(datatype: str, data: Any, allow_nan: bool = False,
             return None
         return _first_problem(datatype, data, allow_nan)
     if kinds <= NUMBER_KINDS:
-        total = sum(data)
-        if total - total == 0:  # a finite sum: no NaN or inf anywhere
-            if datatype == "FP64" or (-FP32_MAX <= min(data) and max(data) <= FP32_MAX):
-                return None
+        fits = _numbers_fit(datatype, data) if len(data) >= TYPED_CHECK_MIN else None
+        if fits is None:  # short, or an int too large for a double: sum, min and max of the numbers decide
+            total = sum(data)
+            fits = total - total == 0 and (datatype == "FP64" or (-FP32_MAX <= min(data) and max(data) <= FP32_MAX))
+        if fits:
+            return None
     return _first_problem(datatype, data, allow_nan)
+
+
+_FP32_MAX_BYTES = (struct.pack("<f", FP32_MAX), struct.pack("<f", -FP32_MAX))
+
+
+def _numbers_fit(datatype: str, data: list[Any]) -> bool | None:
+    """Whether every int or float of ``data`` is a finite ``datatype`` value: one C-speed conversion
+    to a typed array and a scan of its exponent bits (``sum``, ``min`` and ``max`` over the list
+    took three passes of Python numbers). False means "look element by element", not "wrong";
+    None: an int too large to convert."""
+    try:
+        values = array("f" if datatype == "FP32" else "d", data)
+    except OverflowError:  # an int too large for a double
+        return None
+    if sys.byteorder == "big":
+        values.byteswap()
+    if nonfinite_index(Packed(datatype, values)) is not None:
+        return False  # NaN or inf in the list, or (FP32) a value past its range
+    if datatype == "FP32":
+        raw = values.tobytes()  # ±FP32_MAX may be a rounded value just past it: the exact check decides
+        if any(raw.find(edge) >= 0 for edge in _FP32_MAX_BYTES):
+            return False
+    remember_checked(data, values)
+    return True
 
 
 def min_max(data: Any) -> tuple[Any, Any]:

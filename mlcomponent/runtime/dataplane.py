@@ -21,7 +21,7 @@ from typing import Any
 from mlcomponent.boxes.base import Box
 from mlcomponent.errors import BadRequest, NotFound, NotReady
 from mlcomponent.options import DEFAULTS, ServeOptions
-from mlcomponent.protocol.packed import pack_checked_lists
+from mlcomponent.protocol.packed import pack_checked_lists, reusing_checked_arrays
 from mlcomponent.protocol.request import decode_request
 from mlcomponent.protocol.response import check_outputs
 from mlcomponent.protocol.types import InferenceRequest, InferenceResponse
@@ -195,9 +195,12 @@ class DataPlane:
     async def _infer(self, body: Any, files: RequestFiles, arrived: float | None,
                      batcher: Batcher | None) -> InferenceResponse:
         try:
-            request = self.decode(body)
             if self.spec.numpy:
-                pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
+                with reusing_checked_arrays():  # the checks' typed arrays become the packed data
+                    request = self.decode(body)
+                    pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
+            else:
+                request = self.decode(body)
             deadline = self.deadline(request, arrived)
             self.admit_by_deadline(deadline, self.calls_ahead - (batcher is None))  # not counting itself
             staged_inputs = staged_outputs = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import io
 import logging
 import math
@@ -153,6 +154,8 @@ class _Call:
     abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
     started_at: float | None = None  # loop.time() it reached the head of the queue: the worker runs it
     overrun: asyncio.TimerHandle | None = field(default=None, repr=False)  # the --timeout kill, while it runs
+    deadline: float | None = None  # loop.time() after which its caller stops waiting (504)
+    waiter: asyncio.Future[Any] | None = field(default=None, repr=False)  # what the caller awaits, with a deadline
 
 
 class WorkerProtocol(asyncio.SubprocessProtocol):
@@ -224,8 +227,15 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
             self.hello.set_exception(ConnectionError("the worker exited before it loaded the function"))
         self.on_lost(self)
 
-    def write(self, frame: bytes) -> None:
-        """Queue a frame; the frames of one loop iteration go in one write (one wake-up of the worker)."""
+    def write(self, frame: bytes, *, idle: bool = False) -> None:
+        """Send a frame. To a busy worker (``idle`` false) the frames of one loop iteration go in one
+        write (one wake-up of the worker when it is done); an idle worker gets its frame at once
+        (a loop turn fewer per call when requests come one at a time)."""
+        if idle and not self._outgoing:
+            pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
+            if pipe is not None and not pipe.is_closing():
+                pipe.write(frame)
+            return
         self._outgoing.append(frame)
         if len(self._outgoing) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -268,6 +278,10 @@ class ProcessRunner:
         self._replacing_overdue = False  # a call ran past --timeout: not ready until a new worker is up
         self._unavailable: str | None = None  # why no worker can serve (a restart failed), while retrying
         self._retry_at = 0.0  # loop.time() of the next restart attempt
+        # One timer for every pending call's deadline, armed for the earliest: a per-call
+        # wait_for(shield(...)) cost a timer, two more futures and two more loop turns per request.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
         self._oom_kills: int | None = None
 
     def _move(self, to: WorkerState) -> None:
@@ -435,15 +449,18 @@ class ProcessRunner:
         elif self.state is WorkerState.IDLE and self._grown_while_idle(pipe):
             pass  # it is being replaced: the new worker gets this call, which is not charged for what it found
         else:
-            pipe.write(call.frame)
+            pipe.write(call.frame, idle=self.state is WorkerState.IDLE)
             if self.state is WorkerState.IDLE:
                 self._move(WorkerState.RUNNING)
                 self._started(call)
+        waiting_on = call.future
+        if deadline is not None:  # the caller waits on its own future (as shield did), timed out by the watchdog
+            call.deadline, call.waiter = deadline, loop.create_future()
+            waiting_on = call.waiter
+            call.future.add_done_callback(functools.partial(_copy_outcome, call.waiter))
+            self._watch_deadline(loop, deadline)
         try:
-            if deadline is None:
-                reply = await call.future
-            else:
-                reply = await asyncio.wait_for(asyncio.shield(call.future), max(0.0, deadline - loop.time()))
+            reply = await waiting_on
         except asyncio.CancelledError:
             self._abandon(call)  # the caller went away (a gRPC client's deadline, a closed connection)
             raise
@@ -455,6 +472,32 @@ class ProcessRunner:
             raise Timeout("the request's deadline passed while it waited for the calls ahead of it; it did not "
                           "run and will not") from None
         return self._result(reply)
+
+    def _watch_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Arm the watchdog for ``deadline`` unless it is armed for an earlier (or the same) time."""
+        watchdog = self._watchdog
+        if watchdog is not None and not watchdog.cancelled() and self._watchdog_loop is loop:
+            if watchdog.when() <= deadline:
+                return
+            watchdog.cancel()
+        self._watchdog = loop.call_at(deadline, self._expire)
+        self._watchdog_loop = loop
+
+    def _expire(self) -> None:
+        """Time out every pending call's caller past its deadline; arm again for the earliest one left."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest: float | None = None
+        for call in self._pending:
+            if call.waiter is None or call.deadline is None or call.waiter.done():
+                continue
+            if call.deadline <= now:
+                call.waiter.set_exception(TimeoutError())
+            elif earliest is None or call.deadline < earliest:
+                earliest = call.deadline
+        if earliest is not None:
+            self._watch_deadline(loop, earliest)
 
     def _abandon(self, call: _Call) -> None:
         """Nobody waits for ``call`` any more: its reply, when it comes, is dropped; the worker is left alone."""
@@ -628,3 +671,18 @@ class ProcessRunner:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the worker's supervision failed: %s", task.exception())
+
+
+def _copy_outcome(waiter: asyncio.Future[Any], future: asyncio.Future[Any]) -> None:
+    """``future``'s outcome to ``waiter`` (unless the waiter timed out or was cancelled already)."""
+    if future.cancelled():
+        if not waiter.done():
+            waiter.cancel()
+        return
+    error = future.exception()  # retrieved either way: a reply nobody waits for is not "never retrieved"
+    if waiter.done():
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(future.result())
