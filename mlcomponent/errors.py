@@ -10,18 +10,47 @@ The hierarchy, so one handler can render every one of them as ``{"error": ...}``
     ├── NotFound (404)              unknown model, file or route
     ├── MethodNotAllowed (405)      a route that exists, with another method (Allow says which)
     ├── PayloadTooLarge (413)       a body or upload over its limit
+    ├── HeadersTooLarge (431)       request headers over their size or count limit
     ├── FunctionFailed (500)        the user's inference function raised
     ├── BadFunctionOutput (500)     the function returned something malformed
     ├── WorkerDied (500)            the worker process running the function died
     │   └── MemoryLimitExceeded (500)  ... because it went over the memory limit
+    ├── BoxFailed (502)             the file box (S3) refused or failed an operation
     ├── NotReady (503)              the model is not loaded yet (or overloaded)
-    └── Timeout (504)               the call ran past its deadline
+    │   └── BoxUnavailable (503)    the file box (S3) cannot be reached
+    ├── Timeout (504)               the call ran past its deadline
+    └── DiskFull (507)              the service's disk (request files) is full
+
+``shown`` is how any value a client sent is echoed in a message: short and safe.
 
 ``ManifestError`` and ``EntryPointError`` are start-up errors: they are reported by
 the CLI and never reach HTTP. Nothing here imports a web framework.
 """
 
 from __future__ import annotations
+
+import reprlib
+
+SHOWN = 80  # characters of a client's value that a message echoes
+
+
+def _shower() -> reprlib.Repr:
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxstring, shower.maxother = 3, SHOWN, SHOWN
+    shower.maxlist = shower.maxtuple = shower.maxdict = shower.maxset = 8
+    return shower
+
+
+_SHOWER = _shower()
+
+
+def shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters (and "…"): a 30 MB or 1,000-deep value stays short."""
+    try:
+        text = _SHOWER.repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class MLComponentError(Exception):
@@ -82,6 +111,10 @@ class PayloadTooLarge(MLComponentError):
     status = 413
 
 
+class HeadersTooLarge(MLComponentError):
+    status = 431
+
+
 class FunctionFailed(MLComponentError):
     """The function raised; ``exception_type`` names what (shown alone with ``--hide-errors``)."""
 
@@ -117,18 +150,34 @@ class Timeout(MLComponentError):
     status = 504
 
 
+class DiskFull(MLComponentError):
+    """No space left where request files are written (ENOSPC, EDQUOT): the server's trouble, not the client's."""
+
+    status = 507
+
+
+class BoxFailed(MLComponentError):
+    """The file box answered with an error that is not "no such object" (access denied, a server error)."""
+
+    status = 502
+
+
+class BoxUnavailable(NotReady, ValueError):
+    """A box that cannot be reached or read (an S3 endpoint down, refused credentials): one line.
+
+    A request that needs it gets 503 with ``Retry-After`` (5 s unless said otherwise).
+    """
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class ManifestError(Exception):
     """A manifest that does not validate; ``problems`` holds one line per fault."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-class BoxUnavailable(MLComponentError, ValueError):
-    """A box that cannot be reached or read (an S3 endpoint down, refused credentials): one line."""
-
-    status = 503
 
 
 class EntryPointError(Exception):

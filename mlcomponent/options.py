@@ -121,8 +121,18 @@ class ServeOptions:
                                       "24h, 7d, forever).", unit="s", takes=str, shown="24h",
                                       metavar="DURATION", parse=parse_duration)
     header_timeout: float = option(10.0, "Seconds a request's headers may take to arrive.", unit="s")
-    body_timeout: float = option(30.0, "Seconds a request's body may stop arriving.", unit="s")
+    body_timeout: float = option(30.0, "Seconds a request's body may stop arriving; also the window over which "
+                                 "its rate is checked (--min-body-rate-kib).", unit="s")
     max_connections: int | None = option(None, "Open connections per worker. Default: half the open-file limit.")
+    max_header_kib: int = option(64, "Size of a request's headers, KiB (431 past it).", unit="KiB", low=1)
+    max_headers: int = option(100, "Header fields per request (431 past it).", low=1)
+    min_body_rate_kib: float = option(1.0, "KiB per second a request body must average over each "
+                                      "--body-timeout window.", unit="KiB")
+    write_timeout: float = option(30.0, "Seconds an answer may wait for its client to read it before the "
+                                  "connection is closed.", unit="s")
+    memory_budget_mb: int | None = option(None, "MB of request bodies and answers each HTTP worker holds before "
+                                          "large requests get 503. Default: half of resourceLimits.memory "
+                                          "(at least 64).", unit="MB", low=1)
     grpc_port: int | None = option(None, "Also serve the protocol's gRPC service on this port (off by default).")
 
     @property
@@ -132,6 +142,19 @@ class ServeOptions:
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * MB
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.max_header_kib * 1024
+
+    @property
+    def min_body_rate_bytes(self) -> float:
+        """Bytes per second."""
+        return self.min_body_rate_kib * 1024
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return self.memory_budget_mb * MB if self.memory_budget_mb else None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.conftest import S3Endpoint
 from tests.prerequisites import require_control_plane
-from tests.support import ROOT, free_port, free_port_pair, stop_group
+from tests.support import ROOT, free_port, free_port_pair, stop_group, wait_until_live
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
 BIN = Path(os.environ.get("K8S_BIN_DIR", "/var/cache/mlcomponent-k8s/bin"))
@@ -232,3 +233,18 @@ def is_subset(expected: Any, actual: Any, path: str = "") -> None:
             is_subset(want, got, f"{path}[{index}]")
     else:
         assert expected == actual or str(expected) == str(actual), f"{path}: {actual!r} != {expected!r}"
+
+
+@contextmanager
+def moto_on(address: str, log: Path) -> Iterator[S3Endpoint]:
+    """moto's S3 server on the node's address, where pods reach it."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", address, "-p", str(port)], stdout=sink,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{address}:{port}"
+    try:
+        wait_until_live(url, process, log, path="/moto-api/")
+        yield S3Endpoint(url)
+    finally:
+        stop_group(process)

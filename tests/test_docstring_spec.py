@@ -136,3 +136,18 @@ def test_errors_also_name_the_source_line() -> None:
     with pytest.raises(DocstringSpecError) as caught:
         spec_of(module.inference)
     assert str(caught.value).startswith("docstring line 4 (source line 5):")
+
+
+BILLION_LAUGHS = "\n".join(
+    [f"    l0: &l0 [{', '.join(['1'] * 10)}]"]
+    + [f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    + ["    inputs:", f"      x: [{', '.join(['*l8'] * 10)}]"])
+
+
+def test_an_example_whose_aliases_expand_to_a_billion_values_is_refused_at_once() -> None:
+    """An Example of under a kilobyte naming 10^9 values (anchors and aliases): refused, as the manifest
+    loader refuses one, without building it."""
+    doc = f"Add.\n\nArgs:\n    x (FP32, shape [-1]): numbers.\n\nExample:\n{BILLION_LAUGHS}\n"
+    assert len(BILLION_LAUGHS) < 1000
+    with pytest.raises(DocstringSpecError, match="more than 10,000 values once anchors and aliases are expanded"):
+        parse_docstring(doc)

@@ -43,11 +43,12 @@ from tests.k8s import (
     eventually,
     kubectl_proxy,
     machine_lock,
+    moto_on,
     node_cluster,
     node_prerequisites,
     operator,
 )
-from tests.support import ROOT, free_port, not_run, run_cli, stop_group, wait_until_live
+from tests.support import ROOT, not_run, run_cli
 
 pytestmark = pytest.mark.timeout(900)
 NAMESPACE = "pu-e2e-iris"
@@ -99,20 +100,6 @@ def _images(work: Path) -> tuple[str | None, str, str, Path]:
             IRIS, IRIS / "Containerfile", {**base, "INDEX_URL": build_index}, network="host")
     return operator_image, module_image, images.no_python_image(work), tree
 
-
-@contextmanager
-def moto_on(address: str, log: Path) -> Iterator[S3Endpoint]:
-    """moto's S3 server on the node's address, where pods reach it."""
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", address, "-p", str(port)], stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{address}:{port}"
-    try:
-        wait_until_live(url, process, log, path="/moto-api/")
-        yield S3Endpoint(url)
-    finally:
-        stop_group(process)
 
 
 def _boxes(platform: Platform) -> None:

@@ -22,7 +22,7 @@ BINARY = "inference-header-content-length"
 
 
 def j(value: Any) -> bytes:
-    return json.dumps(value).encode()
+    return json.dumps(value).encode().replace(json.dumps(DEEP).encode(), NESTED)
 
 
 def tensor(**fields: Any) -> dict[str, Any]:
@@ -66,6 +66,9 @@ def request_part(value: Any) -> tuple[str, bytes, None]:
 
 
 LONG_KEY = "k" * 10_000
+DEEP = "<nested 1,000 deep>"  # j() writes [[[...]]] 1,000 deep here: orjson parses it (its limit is 1,024),
+NESTED = b"[" * 1000 + b"]" * 1000  # and repr() or str() of it recurses past Python's limit
+LONG_VALUE = "v" * 1_000_000  # a value echoed in a message must come back cut short
 NOTE = doc("inbox/note.txt")  # exists: the output requests are the only fault
 Row = tuple[str, str, dict[str, Any], bytes]  # method, path, headers, body
 CORPUS: dict[str, Row] = {
@@ -143,7 +146,23 @@ CORPUS: dict[str, Row] = {
         {"name": "y", "parameters": {"datatype": "FILE", "content_type": {"a": 1}}}]})),
     "output shape a string": ("POST", INFER, {}, j({"inputs": [NOTE], "outputs": [
         {"name": "y", "parameters": {"shape": "big"}}]})),
+    "id nested 1,000 deep": ("POST", INFER, {}, j({"inputs": [], "id": DEEP})),
+    "shape nested 1,000 deep": ("POST", INFER, {}, body(tensor(shape=DEEP))),
+    "datatype nested 1,000 deep": ("POST", INFER, {}, body(tensor(datatype=DEEP))),
+    "name nested 1,000 deep": ("POST", INFER, {}, body(tensor(name=DEEP))),
+    "data nested 1,000 deep": ("POST", INFER, {}, body(tensor(data=DEEP))),
+    "timeout nested 1,000 deep": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": DEEP}})),
+    "parameter nested 1,000 deep": ("POST", INFER, {}, j({"inputs": [], "parameters": {"p": DEEP}})),
+    "output shape nested 1,000 deep": ("POST", INFER, {}, j({"inputs": [NOTE], "outputs": [
+        {"name": "y", "parameters": {"shape": DEEP}}]})),
+    "output content_type nested 1,000 deep": ("POST", INFER, {}, j({"inputs": [NOTE], "outputs": [
+        {"name": "y", "parameters": {"datatype": "FILE", "content_type": DEEP}}]})),
+    "datatype of a million characters": ("POST", INFER, {}, body(tensor(datatype=LONG_VALUE))),
+    "element of a million characters": ("POST", INFER, {}, body(tensor(data=[LONG_VALUE]))),
+    "timeout of a million characters": ("POST", INFER, {}, j({"inputs": [], "parameters": {"timeout": LONG_VALUE}})),
     # ------------------------------------------------------------------ FILE inputs
+    "FILE data nested 1,000 deep": ("POST", INFER, {}, body(doc(DEEP))),
+    "FILE data of a million characters": ("POST", INFER, {}, body(doc([LONG_VALUE, "b"]))),
     "key a number": ("POST", INFER, {}, body(doc(5))),
     "key a list of two": ("POST", INFER, {}, body(doc(["a", "b"]))),
     "key an object": ("POST", INFER, {}, body(doc({"key": "a"}))),
@@ -184,7 +203,16 @@ CORPUS: dict[str, Row] = {
         tensor(datatype="BYTES", parameters={"binary_data_size": 6})]}, b"\x09\0\0\0ab")),
     "binary BYTES not utf-8": ("POST", INFER, *binary({"inputs": [
         tensor(datatype="BYTES", parameters={"binary_data_size": 6})]}, b"\x02\0\0\0\xff\xfe")),
+    "binary length of 5,000 digits": ("POST", INFER, *binary({"inputs": []}, length="9" * 5000)),
+    "binary size nested 1,000 deep": ("POST", INFER, *binary({"inputs": [tensor(parameters={"binary_data_size": DEEP})]})),
     # ------------------------------------------------------------------ multipart
+    "multipart boundary of 300 bytes": ("POST", INFER, {"content-type": f"multipart/form-data; boundary={'b' * 300}"},
+                                        b"--" + b"b" * 300 + b"--\r\n"),
+    "multipart part named with 120 CJK characters": ("POST", INFER, MULTIPART, multipart(
+        file_part(name="\u6587" * 120, filename="\u6587" * 120 + ".txt"), request_part({"inputs": [
+            {"name": "\u6587" * 120, "datatype": "FP32", "shape": [1], "data": [1]}]}))),
+    "multipart FILE input nested 1,000 deep": ("POST", INFER, MULTIPART, multipart(
+        request_part({"inputs": [{"name": "doc", "datatype": DEEP}]}), file_part())),
     "multipart without a boundary": ("POST", INFER, {"content-type": "multipart/form-data"}, b"--x--\r\n"),
     "multipart truncated": ("POST", INFER, MULTIPART, multipart(file_part(), close=False)),
     "multipart cut in a part": ("POST", INFER, MULTIPART, multipart(file_part())[:-40]),
@@ -245,6 +273,7 @@ def test_every_malformed_request_is_a_4xx_that_names_no_server_path(server: Serv
     assert 400 <= response.status_code < 500, f"{row}: {response.status_code} {response.text[:500]}"
     message = response.json()["error"]
     assert isinstance(message, str) and message, row
+    assert len(message) < 2_500, f"{row}: a message of {len(message)} characters echoes too much: {message[:300]}"
     for where in server_paths(server):
         assert where not in response.text, f"{row}: the message shows {where!r}: {message[:300]}"
 

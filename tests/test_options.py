@@ -48,7 +48,7 @@ def test_units_are_in_the_names_and_converted_once() -> None:
 def test_a_unit_other_than_seconds_or_a_count_is_in_the_name() -> None:
     for declaration in declared():
         unit = declaration.metadata["unit"]
-        suffix = {"MB": "_mb", "ms": "_ms"}.get(unit)
+        suffix = {"MB": "_mb", "ms": "_ms", "KiB": "_kib"}.get(unit)
         if suffix is not None:
             assert declaration.name.endswith(suffix), declaration.name
         else:

@@ -30,7 +30,10 @@ def test_hidden_errors_say_the_type_on_both_transports() -> None:
     assert failure.status == 500 and failure.message.startswith("inference raised ValueError;")
     assert "secret" not in failure.message
     assert status_of(error, "ModelInfer", hide_errors=True)[1] == failure.message
-    assert describe(RuntimeError("boom"), "GET /").message == "internal error: RuntimeError: boom"
+    unexpected = describe(RuntimeError("boom at /srv/data/x"), "GET /").message  # its text goes to the log only
+    assert unexpected.startswith("internal error (RuntimeError);") and "boom" not in unexpected
+    full = describe(OSError(28, "No space left on device", "/srv/data/x"), "POST /")
+    assert full.status == 507 and "/srv" not in full.message
 
 
 def test_one_open_endpoint_policy() -> None:

@@ -41,6 +41,7 @@ from tests.k8s import (
     collect_artifacts,
     eventually,
     machine_lock,
+    moto_on,
     node_cluster,
     node_prerequisites,
     operator,
@@ -149,19 +150,6 @@ def image_registry(address: str, work: Path) -> Iterator[str]:
     finally:
         stop_group(process)
 
-
-@contextmanager
-def moto_on(address: str, log: Path) -> Iterator[S3Endpoint]:
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", address, "-p", str(port)], stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{address}:{port}"
-    try:
-        wait_until_live(url, process, log, path="/moto-api/")
-        yield S3Endpoint(url)
-    finally:
-        stop_group(process)
 
 
 def _module(work: Path, image: str, init: list[str], s3: S3Endpoint) -> Path:

@@ -104,7 +104,7 @@ def test_new_clients_are_served_while_300_slow_connections_are_held_at_256_open_
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("impatient")
     with serve(write_manifest(folder, "echo.inference"), "--header-timeout", "1", "--body-timeout", "1",
-               data_root=folder / "data") as server:
+               "--min-body-rate-kib", "0.01", data_root=folder / "data") as server:
         yield server
 
 
@@ -144,7 +144,8 @@ def test_a_body_that_stops_arriving_closes_the_connection_and_is_logged(impatien
 
 
 def test_a_slow_but_steady_client_is_not_cut_off(impatient: Server) -> None:
-    """Progress restarts the body deadline: a body sent in pieces 0.1 s apart (1 s and more in all) is served."""
+    """A body above --min-body-rate-kib is served however long it takes: pieces of 5 bytes 0.1 s apart (50 bytes/s,
+    1 s and more in all) against a minimum of 0.01 KiB/s (10 bytes/s) over each 1 s window."""
     payload = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [7]}]}'
     with socket.create_connection(address(impatient), timeout=60) as sock:
         sock.sendall(b"POST /v2/models/test-model/infer HTTP/1.1\r\nHost: slow\r\nConnection: close\r\n"

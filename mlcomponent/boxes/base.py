@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mlcomponent.errors import BadRequest
+from mlcomponent.errors import BadRequest, shown
 
 CHUNK = 1024 * 1024
 MAX_KEY_BYTES = 1024  # S3's own limit
@@ -32,10 +32,10 @@ def check_key(key: object, what: str = "key") -> str:
         raise BadRequest(f"{what} {key[:60]!r}... is too long: at most {MAX_KEY_BYTES} bytes, "
                          f"{MAX_SEGMENT_BYTES} per segment")
     if key.startswith("/") or "\\" in key or "\x00" in key:
-        raise BadRequest(f"{what} {key!r} must be a relative key inside the box (no leading '/', no '\\')")
+        raise BadRequest(f"{what} {shown(key)} must be a relative key inside the box (no leading '/', no '\\')")
     parts = key.split("/")
     if any(part in ("..", ".") for part in parts) or posixpath.normpath(key) != key.rstrip("/"):
-        raise BadRequest(f"{what} {key!r} must not contain '..', '.' or empty segments")
+        raise BadRequest(f"{what} {shown(key)} must not contain '..', '.' or empty segments")
     return key
 
 

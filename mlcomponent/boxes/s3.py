@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mlcomponent.boxes.base import CHUNK, ObjectInfo, check_key
-from mlcomponent.errors import BoxUnavailable, MLComponentError, NotFound
+from mlcomponent.errors import BoxFailed, BoxUnavailable, MLComponentError, NotFound, shown
 
 TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK,
                           max_concurrency=2, io_chunksize=256 * 1024, max_io_queue=16)
@@ -24,6 +25,22 @@ TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 *
 
 def _missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def _trouble(box: str, doing: str, key: str, error: Exception) -> MLComponentError:
+    """S3 trouble as 503 (unreachable, or S3's own 5xx: retry) or 502 (refused), naming the box's
+    manifest name and S3's error code, never the endpoint, bucket or credentials (those go to the log)."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, (ClientError, BotoCoreError)):
+        cause = cause.__cause__ or cause.__context__  # boto3's transfer errors wrap botocore's
+    if isinstance(cause, ClientError):
+        code = str(cause.response.get("Error", {}).get("Code", "error"))
+        status = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status < 500:
+            return BoxFailed(f"file box {box!r} refused to {doing} {shown(key)} ({shown(code, 40)}); "
+                             "check the box's credentials and permissions")
+    return BoxUnavailable(f"file box {box!r} cannot be reached to {doing} {shown(key)}; retry shortly",
+                          retry_after=5)
 
 
 def unreachable(error: Exception, box: S3Box) -> BoxUnavailable:
@@ -72,16 +89,18 @@ class S3Box:
             self.client.download_file(self.bucket, self._key(key), str(destination), Config=TRANSFER)
         except ClientError as error:
             if _missing(error):
-                raise NotFound(f"file box {self.name!r} has no object {key!r}") from None
-            raise MLComponentError(f"S3 box {self.name!r}: cannot read {key!r}: {error}") from None
+                raise NotFound(f"file box {self.name!r} has no object {shown(key)}") from None
+            raise _trouble(self.name, "read", key, error) from error
+        except (BotoCoreError, Boto3Error) as error:
+            raise _trouble(self.name, "read", key, error) from error
         return destination.stat().st_size
 
     def store(self, source: Path, key: str, content_type: str | None = None) -> int:
         extra = {"ContentType": content_type} if content_type else None
         try:
             self.client.upload_file(str(source), self.bucket, self._key(key), ExtraArgs=extra, Config=TRANSFER)
-        except ClientError as error:
-            raise MLComponentError(f"S3 box {self.name!r}: cannot write {key!r}: {error}") from None
+        except (ClientError, BotoCoreError, Boto3Error) as error:
+            raise _trouble(self.name, "write", key, error) from error
         return source.stat().st_size
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -90,7 +109,9 @@ class S3Box:
         except ClientError as error:
             if _missing(error):
                 return None
-            raise
+            raise _trouble(self.name, "read", key, error) from error
+        except BotoCoreError as error:
+            raise _trouble(self.name, "read", key, error) from error
         modified = head.get("LastModified")
         return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'),
                           modified.timestamp() if modified is not None else None)
@@ -100,8 +121,10 @@ class S3Box:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as error:
             if _missing(error):
-                raise NotFound(f"file box {self.name!r} has no object {key!r}") from None
-            raise
+                raise NotFound(f"file box {self.name!r} has no object {shown(key)}") from None
+            raise _trouble(self.name, "read", key, error) from error
+        except BotoCoreError as error:
+            raise _trouble(self.name, "read", key, error) from error
         try:
             yield from body.iter_chunks(CHUNK)
         finally:
@@ -123,7 +146,9 @@ class S3Box:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as error:
             if not _missing(error):
-                raise MLComponentError(f"S3 box {self.name!r}: cannot delete {key!r}: {error}") from None
+                raise _trouble(self.name, "delete", key, error) from error
+        except BotoCoreError as error:
+            raise _trouble(self.name, "delete", key, error) from error
 
     def local_folder(self, prefix: str) -> Path | None:
         return None

@@ -38,7 +38,8 @@ from mlcomponent.protocol.types import InferenceResponse
 
 SERVICE = "inference.GRPCInferenceService"
 # The gRPC status code of each HTTP status the service answers with (errors.py), both ways.
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+CODES = {502: grpc.StatusCode.INTERNAL, 507: grpc.StatusCode.RESOURCE_EXHAUSTED,  # first: read back as 500, 413
+         400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
          404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
          500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 _NUMBER_FIELDS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents"}

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlcomponent.errors import MethodNotAllowed, MLComponentError, NotFound
+from mlcomponent.http.budget import MemoryBudget, default_budget
 from mlcomponent.http.gateway import Gateway
 from mlcomponent.http.infer import InferEndpoint
 from mlcomponent.http.responses import error_payload
@@ -56,7 +57,8 @@ async def publish_queue(plane: DataPlane, metrics: Metrics, every: float = 1.0) 
 def create_app(service: Service, metrics: Metrics, transports: Sequence[Transport] = ()) -> Gateway:
     plane = service.dataplane
     options = service.settings.options
-    infer = InferEndpoint(plane, options.max_json_body_bytes, options.max_upload_bytes)
+    budget = MemoryBudget(options.memory_budget_bytes or default_budget(service.settings.memory_limit))
+    infer = InferEndpoint(plane, options.max_json_body_bytes, options.max_upload_bytes, budget)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

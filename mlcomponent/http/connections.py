@@ -1,21 +1,31 @@
-"""Slow and many clients: deadlines for headers and bodies, and a cap on open connections.
+"""Slow and many clients: deadlines for headers and bodies, header limits, and a cap on open connections.
 
 uvicorn has no deadline for a request's headers, and it accepts connections until the
 process runs out of file descriptors; then ``accept`` fails and new clients are turned
 away for as long as slow ones hold on (slowloris). ``GuardedHttpToolsProtocol`` is
-uvicorn's httptools protocol with three additions, each logged when it acts (at most
+uvicorn's httptools protocol with these additions, each logged when it acts (at most
 one line per kind every 10 s, with a count):
 
 - **header deadline** (``--header-timeout``, 10 s): a request's headers must be complete
   within this time of the connection becoming idle (opened, or its last answer sent);
   else ``408`` and the connection is closed.
-- **body deadline** (``--body-timeout``, 30 s): a body that stops arriving for this long
-  (while the server is ready to read it) closes the connection; the request fails.
+- **header limits** (``--max-header-kib``, 64, and ``--max-headers``, 100):
+  counted on the bytes as they arrive, before httptools sees them (it grows a header
+  by concatenation, on the event loop); past either, ``431`` and the connection is closed.
+- **body deadline and rate** (``--body-timeout``, 30 s, and ``--min-body-rate-kib``,
+  1 KiB/s): every ``--body-timeout`` seconds in which the server was ready to read,
+  the body must have brought at least that many seconds' worth of the minimum rate;
+  else the connection is closed and the request fails. The window is not restarted by
+  each byte, so a byte now and then does not keep a connection.
+- **write deadline** (``--write-timeout``, 30 s): an answer the client does not read
+  (the socket's buffer stays full) for this long closes the connection, and the answer
+  held for it is freed.
 - **connection cap** (``--max-connections``; default half the open-file limit, at most
-  4096): the open-file limit is never reached, so ``accept`` keeps
-  working; past the cap the connection that has waited longest for its headers (a
-  slow client, or an idle keep-alive one) is closed to make room, or, when every
-  connection is busy with a request, the newcomer gets ``503`` and is closed.
+  4096): the open-file limit is never reached, so ``accept`` keeps working; past the cap
+  the slowest connection in its headers or body (the furthest behind the minimum rate;
+  an idle keep-alive one is behind from its first second) is closed to make room, or,
+  when every other connection is busy with a request or keeping up, the newcomer gets
+  ``503`` and is closed.
 
 uvicorn is told to use it by import string (``serve`` sets ``http=PROTOCOL``), so every
 worker process builds its own from the options ``serve`` passes in the environment.
@@ -37,8 +47,11 @@ from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
 PROTOCOL = "mlcomponent.http.connections:GuardedHttpToolsProtocol"
 REPORT_EVERY = 10.0  # seconds between two log lines of one kind
 MAX_DEFAULT_CONNECTIONS = 4096
+BODY_GRACE = 1.0  # seconds a body is never evicted for: its head and its first bytes often come apart
 log = logging.getLogger("mlcomponent.http.connections")
 
+TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+             b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
              b"content-length: %d\r\n\r\n%s")
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -61,17 +74,26 @@ def default_max_connections(open_files: int | None = None) -> int:
 class Guard:
     """One process's limits and its rate-limited reports."""
 
-    def __init__(self, header_timeout: float, body_timeout: float, max_connections: int) -> None:
+    def __init__(self, header_timeout: float, body_timeout: float, max_connections: int, *,
+                 max_header_bytes: int = DEFAULTS.max_header_bytes, max_headers: int = DEFAULTS.max_headers,
+                 min_body_rate: float = DEFAULTS.min_body_rate_bytes,
+                 write_timeout: float = DEFAULTS.write_timeout) -> None:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.min_body_rate = min_body_rate
+        self.write_timeout = write_timeout
         self._reported: dict[str, tuple[float, int]] = {}  # kind -> (last line's time, events since)
 
     @classmethod
     def from_environ(cls) -> Guard:
         options = ServeOptions.from_env(os.environ) if OPTIONS_ENV in os.environ else DEFAULTS
         return cls(options.header_timeout, options.body_timeout,
-                   options.max_connections or default_max_connections())
+                   options.max_connections or default_max_connections(),
+                   max_header_bytes=options.max_header_bytes, max_headers=options.max_headers,
+                   min_body_rate=options.min_body_rate_bytes, write_timeout=options.write_timeout)
 
     def report(self, kind: str, message: str) -> None:
         now = time.monotonic()
@@ -99,17 +121,22 @@ def guard() -> Guard:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """One timer per connection for both deadlines, re-armed only when it fires: a request moves
-    timestamps (``idle_since``, ``body_since``), never timers (a timer armed and cancelled per
-    request and per body chunk cost more than the rest of the guard)."""
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.guard = guard()
         self.idle_since = 0.0  # when it began to wait for a request's headers
         self.waiting_for_headers = True
-        self.body_since: float | None = None  # the body's last progress; None: no body being read
-        self.timer: asyncio.TimerHandle | None = None
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.in_headers = True  # the next bytes belong to a request's head (counted for the header limits)
+        self.head_bytes = 0
+        self.head_lines = 0
+        self.head_tail = b""  # the last bytes of the head so far: its end (CRLF CRLF) may span two reads
+        self.phase_since = 0.0  # when its headers or its body began to be awaited (for the cap's choice)
+        self.phase_bytes = 0  # bytes of that phase so far
+        self.window_bytes = 0  # body bytes in the current --body-timeout window
+        self.refused = False  # answered 431: nothing more is parsed
 
     # ----------------------------------------------------------------------- connections
 
@@ -123,20 +150,42 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         super().connection_lost(exc)
 
+    def behind(self, now: float) -> float | None:
+        """Seconds this connection is behind: how long its head has been awaited (a head comes in one
+        packet), or how far its body is behind --min-body-rate-kib. None: not to be evicted (its request is
+        being answered, or the server is not reading it)."""
+        elapsed = now - self.phase_since
+        if self.transport.is_closing():
+            return None
+        if self.waiting_for_headers:  # one just accepted, nothing read yet, goes last: its head may be queued
+            return elapsed if self.phase_bytes or elapsed >= BODY_GRACE else elapsed - BODY_GRACE
+        cycle = self.cycle
+        rate = self.guard.min_body_rate
+        if (cycle is None or not cycle.more_body or cycle.response_complete or self.flow.read_paused or rate <= 0
+                or elapsed < BODY_GRACE):
+            return None
+        return elapsed - self.phase_bytes / rate
+
     def _make_room(self) -> None:
-        """Over the cap: close the connection that has waited longest for its headers, or this one."""
-        oldest: GuardedHttpToolsProtocol | None = None
+        """Over the cap: close the slowest connection in its headers or body, or this one."""
+        now = self.loop.time()
+        slowest: GuardedHttpToolsProtocol | None = None
+        worst = 0.0
         for other in self.connections:
-            if (other is not self and isinstance(other, GuardedHttpToolsProtocol) and other.waiting_for_headers
-                    and not other.transport.is_closing()
-                    and (oldest is None or other.idle_since < oldest.idle_since)):
-                oldest = other
+            if other is self or not isinstance(other, GuardedHttpToolsProtocol):
+                continue
+            behind = other.behind(now)
+            if behind is None or (not other.waiting_for_headers and behind <= 0):
+                continue  # a body that keeps up is never cut for a newcomer; a head may be
+            if slowest is None or behind > worst:
+                slowest, worst = other, behind
         cap = self.guard.max_connections
-        if oldest is not None:
-            self.guard.report("cap", f"connection cap reached ({cap} open, --max-connections): closed the "
-                                     "connection that waited longest for its request headers")
-            oldest._cancel_timers()
-            oldest.transport.abort()
+        if slowest is not None:
+            phase = "headers" if slowest.waiting_for_headers else "body"
+            self.guard.report(f"cap-{phase}", f"connection cap reached ({cap} open, --max-connections): closed the "
+                                     f"slowest connection (in its request {phase})")
+            slowest._cancel_timers()
+            slowest.transport.abort()
             return
         self.guard.report("busy", f"connection cap reached ({cap} open, --max-connections) and every connection "
                                   "is busy with a request: refused a new one with 503")
@@ -144,43 +193,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(BUSY % (len(body), body))
         self.transport.close()
 
-    # ----------------------------------------------------------------------- deadlines
-
-    def _arm(self, when: float) -> None:
-        """Make sure the timer fires by ``when`` (it checks both deadlines and re-arms itself)."""
-        if self.timer is None or self.timer.when() > when:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.loop.call_at(when, self._check_deadlines)
-
-    def _check_deadlines(self) -> None:
-        self.timer = None
-        if self.transport.is_closing():
-            return
-        now = self.loop.time()
-        if self.waiting_for_headers:
-            due = self.idle_since + self.guard.header_timeout
-            if now >= due:
-                self._headers_too_slow()
-            else:
-                self._arm(due)
-        elif self.body_since is not None:
-            due = self.body_since + self.guard.body_timeout
-            if now >= due:
-                self._body_too_slow()
-            else:
-                self._arm(due)
-        # else: a request is being answered; the next wait for headers arms the timer again
-
     # ----------------------------------------------------------------------- header deadline
 
     def _await_headers(self) -> None:
         self.waiting_for_headers = True
-        self.body_since = None
-        self.idle_since = self.loop.time()
-        self._arm(self.idle_since + self.guard.header_timeout)
+        self.idle_since = self.phase_since = self.loop.time()
+        self.phase_bytes = 0
+        self._cancel_timers(writing=False)  # an answer may still be on its way out
+        self.header_timer = self.loop.call_later(self.guard.header_timeout, self._headers_too_slow)
 
     def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing() or not self.waiting_for_headers:
+            return
         client = _peer(self.client)
         self.guard.report("headers", f"closed the connection from {client}: its request headers did not arrive "
                                      f"within {self.guard.header_timeout:g} s (--header-timeout)")
@@ -190,8 +215,59 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.waiting_for_headers = False
+        self.in_headers = False
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
         super().on_headers_complete()
+        self.phase_since = self.loop.time()
+        self.phase_bytes = self.window_bytes = 0
         self._await_body()
+
+    # ----------------------------------------------------------------------- header limits
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused or (self.in_headers and not self._head_fits(data)):
+            return
+        if self.waiting_for_headers:
+            self.phase_bytes += len(data)
+        super().data_received(data)
+
+    def _head_fits(self, data: bytes) -> bool:
+        """Count the head's bytes and lines as they arrive; past a limit answer 431 and close."""
+        seen = self.head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        head = data if end < 0 else seen[len(self.head_tail):end + 4]
+        self.head_bytes += len(head)
+        self.head_lines += head.count(b"\n")
+        self.head_tail = seen[-3:]
+        if end >= 0:
+            self.in_headers = False  # the rest is a body: on_headers_complete confirms it
+        limit = self.guard
+        if self.head_bytes <= limit.max_header_bytes and self.head_lines <= limit.max_headers + 2:
+            return True  # + the request line and the blank line
+        what = (f"over {limit.max_header_bytes} bytes (--max-header-kib)" if self.head_bytes > limit.max_header_bytes
+                else f"more than {limit.max_headers} header fields (--max-headers)")
+        self.guard.report("head", f"closed the connection from {_peer(self.client)}: its request headers were {what}")
+        body = b'{"error":"the request headers are %s; send fewer or shorter headers"}' % what.encode()
+        self._cancel_timers()
+        self.transport.write(TOO_LARGE % (len(body), body))
+        self.transport.close()
+        self.in_headers = False
+        self.refused = True  # whatever else was read is dropped, never parsed
+        return False
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._new_head()
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _new_head(self) -> None:
+        self.in_headers = True
+        self.head_bytes = self.head_lines = 0
+        self.head_tail = b""
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # the next request's headers are already here
@@ -202,32 +278,66 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ----------------------------------------------------------------------- body deadline
 
     def _await_body(self) -> None:
-        self.body_since = self.loop.time()
-        self._arm(self.body_since + self.guard.body_timeout)
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+        self.body_timer = self.loop.call_later(self.guard.body_timeout, self._body_too_slow)
 
     def _body_too_slow(self) -> None:
+        """The end of a --body-timeout window: enough bytes in it (at --min-body-rate-kib), or the connection closes."""
+        self.body_timer = None
         cycle = self.cycle
-        if cycle is None or not cycle.more_body or cycle.response_complete:
-            self.body_since = None
+        if self.transport.is_closing() or cycle is None or not cycle.more_body or cycle.response_complete:
             return
+        received, self.window_bytes = self.window_bytes, 0
         if self.flow.read_paused:  # we are not reading (the app is busy): not the client's fault
             self._await_body()
             return
+        guard = self.guard
+        needed = guard.min_body_rate * guard.body_timeout
+        if received >= max(needed, 1):
+            self._await_body()  # kept up: the next window
+            return
         client = _peer(self.client)
-        self.guard.report("body", f"closed the connection from {client}: its request body stopped arriving for "
-                                  f"{self.guard.body_timeout:g} s (--body-timeout)")
+        if received == 0:
+            guard.report("body", f"closed the connection from {client}: its request body stopped arriving for "
+                                 f"{guard.body_timeout:g} s (--body-timeout)")
+        else:
+            guard.report("body-rate", f"closed the connection from {client}: its request body arrived at "
+                                      f"{received / guard.body_timeout / 1024:.3g} KiB/s over {guard.body_timeout:g} s, "
+                                      f"under {guard.min_body_rate / 1024:g} (--min-body-rate-kib)")
         self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        if self.body_since is not None:
-            self.body_since = self.loop.time()  # progress: the deadline starts again
+        self.phase_bytes += len(body)
+        self.window_bytes += len(body)
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self.body_since = None
+    # ----------------------------------------------------------------------- write deadline
 
-    def _cancel_timers(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.write_timer is None:
+            self.write_timer = self.loop.call_later(self.guard.write_timeout, self._write_too_slow)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_too_slow(self) -> None:
+        self.write_timer = None
+        if self.transport.is_closing():
+            return
+        self.guard.report("write", f"closed the connection from {_peer(self.client)}: it did not read its answer "
+                                   f"for {self.guard.write_timeout:g} s (--write-timeout)")
+        self._cancel_timers()
+        self.transport.abort()  # frees the answer held in the transport's buffer
+
+    def _cancel_timers(self, writing: bool = True) -> None:
+        for timer in (self.header_timer, self.body_timer, self.write_timer if writing else None):
+            if timer is not None:
+                timer.cancel()
+        self.header_timer = self.body_timer = None
+        if writing:
+            self.write_timer = None

@@ -3,10 +3,14 @@
 The ``request`` part holds the V2 JSON; every other part is a file for the FILE
 input of the same name, written straight into the request folder (never buffered
 whole, never outside the folder), with 413 as soon as a limit is passed.
+
+The parser and the file writes it drives run in a thread, a chunk at a time: a slow
+disk delays this upload, never the event loop (health probes, other clients).
 """
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
@@ -14,9 +18,12 @@ from typing import Any, BinaryIO
 import orjson
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from mlcomponent.errors import BadRequest, PayloadTooLarge
+from mlcomponent.errors import BadRequest, PayloadTooLarge, shown
+from mlcomponent.http.budget import JSON_EXPANSION, Hold
 from mlcomponent.options import DEFAULTS
 from mlcomponent.runtime.files import RequestFiles
+
+MAX_BOUNDARY = 256  # bytes; RFC 2046 allows 70, and the parser refuses more than 256
 
 
 def is_multipart(content_type: bytes) -> bool:
@@ -95,28 +102,34 @@ class _Reader:
 
 
 async def read_multipart(content_type: bytes, chunks: AsyncIterator[bytes], files: RequestFiles,
-                         max_json: int, max_upload: int, max_parts: int = DEFAULTS.max_inputs) -> dict[str, Any]:
+                         max_json: int, max_upload: int, max_parts: int = DEFAULTS.max_inputs,
+                         hold: Hold | None = None) -> dict[str, Any]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
+    if len(boundary) > MAX_BOUNDARY:
+        raise BadRequest(f"the multipart boundary is {len(boundary)} bytes long, over the limit of {MAX_BOUNDARY} "
+                         "(RFC 2046 allows 70); use a shorter one")
     reader = _Reader(files, max_json, max_upload, max_parts)
     callbacks: Any = {name: getattr(reader, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end")}
-    parser = MultipartParser(boundary, callbacks)
     try:
+        parser = MultipartParser(boundary, callbacks)
         async for chunk in chunks:
-            parser.write(chunk)
-        parser.finalize()
+            await asyncio.to_thread(parser.write, chunk)  # it opens and writes the part files
+        await asyncio.to_thread(parser.finalize)
         if parser.state != MultipartState.END:
             raise BadRequest("malformed multipart body: it ends before its closing boundary (truncated?)")
-    except (BadRequest, PayloadTooLarge):
-        raise
+    except (BadRequest, PayloadTooLarge, OSError):
+        raise  # an OSError (a full disk: 507) is the server's trouble, not a malformed body
     except Exception as error:  # the parser's own errors: malformed multipart
-        raise BadRequest(f"malformed multipart body: {error}") from None
+        raise BadRequest(f"malformed multipart body: {shown(str(error), 200)}") from None
     finally:
-        reader.close()
+        await asyncio.to_thread(reader.close)
+    if hold is not None:
+        hold.take(len(reader.json) * JSON_EXPANSION)
     body = _request_json(bytes(reader.json)) if reader.saw_request else {"inputs": []}
     merged: dict[str, Any] = _merge_uploads(body, files)
     return merged
@@ -141,7 +154,7 @@ def _merge_uploads(body: Any, files: RequestFiles) -> Any:
     for item in inputs:
         if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] in files.uploaded:
             if item.get("datatype") not in (None, "FILE"):
-                raise BadRequest(f"input {item['name']!r} has a file part but datatype {item['datatype']!r}; "
+                raise BadRequest(f"input {shown(item['name'])} has a file part but datatype {shown(item['datatype'])}; "
                                  "file parts are for FILE inputs")
             item.setdefault("datatype", "FILE")
             item["data"] = None

@@ -7,6 +7,7 @@ endpoint lives in ``http/infer.py``.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from typing import Any
 
@@ -16,14 +17,28 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from mlcomponent.boxes.base import check_key
-from mlcomponent.errors import NotFound
+from mlcomponent.errors import NotFound, shown
 from mlcomponent.http.infer import InferEndpoint
 from mlcomponent.http.openapi import openapi_document
 from mlcomponent.http.playground import playground_route
 from mlcomponent.metrics import CONTENT_TYPE, Metrics
 from mlcomponent.runtime.dataplane import DataPlane
-from mlcomponent.runtime.files import KEY_ROOT
+from mlcomponent.runtime.files import KEY_ROOT, safe_filename
 from mlcomponent.serving.metadata import model_metadata, server_metadata
+
+# Served inline; anything else (text/html, SVG, XML: a page that would run in this service's
+# origin) is an attachment, and no browser may guess another type (nosniff).
+INLINE_TYPES = frozenset({"text/plain", "text/csv", "application/json", "application/octet-stream", "image/png",
+                          "image/jpeg", "image/gif", "image/webp", "audio/mpeg", "audio/wav", "audio/x-wav",
+                          "video/mp4", "application/pdf"})
+
+
+def download_headers(key: str, media: str, size: int) -> dict[str, str]:
+    headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+    if media.split(";")[0].strip().lower() not in INLINE_TYPES:
+        name = safe_filename(key.rsplit("/", 1)[-1], "download")
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return headers
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -72,13 +87,13 @@ class Endpoints:
         key = check_key(request.path_params["key"])
         keys = plane.file_keys
         if not (keys.servable(key) if keys else key.startswith(f"{KEY_ROOT}/{plane.model_name}/outputs/")):
-            raise NotFound(f"no file {key!r}: only outputs this service wrote can be downloaded here")
-        info = plane.file_box.stat(key)
+            raise NotFound(f"no file {shown(key)}: only outputs this service wrote can be downloaded here")
+        info = await asyncio.to_thread(plane.file_box.stat, key)  # S3's head_object: never on the event loop
         if info is None:
-            raise NotFound(f"no file {key!r} in the file box")
+            raise NotFound(f"no file {shown(key)} in the file box")
         media = mimetypes.guess_type(key)[0] or "application/octet-stream"
         return StreamingResponse(plane.file_box.read_chunks(key), media_type=media,
-                                 headers={"Content-Length": str(info.size)})
+                                 headers=download_headers(key, media, info.size))
 
     async def repository_index(self, request: Request) -> Response:
         plane = self.plane

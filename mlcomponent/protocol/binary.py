@@ -17,11 +17,12 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from mlcomponent.errors import BadRequest
+from mlcomponent.errors import BadRequest, shown
 from mlcomponent.protocol.packed import ITEMSIZE, Packed
 from mlcomponent.protocol.tensors import canonical_datatype
 
 HEADER = "inference-header-content-length"
+MAX_DIGITS = 18  # an int64 byte count; int() refuses a 5,000-digit string with a ValueError
 TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
 LENGTH = struct.Struct("<I")
 
@@ -60,15 +61,16 @@ def decode_tensor(datatype: Any, chunk: memoryview, where: str) -> Packed | list
         return _numbers(canonical, chunk, where)
     if canonical in ("str", "FILE"):
         return _strings(chunk, where)
-    raise BadRequest(f"{where}: datatype {datatype!r} cannot be sent as binary data")
+    raise BadRequest(f"{where}: datatype {shown(datatype)} cannot be sent as binary data")
 
 
 def decode(raw: bytes, json_length: str) -> Any:
     """Split a binary request into its JSON and fill each binary input's ``data``."""
     import orjson
 
-    if not (json_length.isascii() and json_length.isdigit()) or int(json_length) > len(raw):
-        raise BadRequest(f"Inference-Header-Content-Length {json_length!r} must be the JSON's size in bytes, "
+    if (not (json_length.isascii() and json_length.isdigit()) or len(json_length) > MAX_DIGITS
+            or int(json_length) > len(raw)):
+        raise BadRequest(f"Inference-Header-Content-Length {shown(json_length)} must be the JSON's size in bytes, "
                          f"at most the body's {len(raw)}")
     split = int(json_length)
     try:
@@ -82,10 +84,10 @@ def decode(raw: bytes, json_length: str) -> Any:
         params = item.get("parameters") if isinstance(item, dict) else None
         if not isinstance(params, dict) or "binary_data_size" not in params:
             continue
-        where = f"input {item.get('name', index)!r}"
+        where = f"input {shown(item.get('name', index))}"
         size = params.pop("binary_data_size")
         if not isinstance(size, int) or size < 0 or offset + size > len(raw):
-            raise BadRequest(f"{where}: binary_data_size {size!r} runs past the end of the body")
+            raise BadRequest(f"{where}: binary_data_size {shown(size)} runs past the end of the body")
         chunk = view[offset:offset + size]
         offset += size
         item["data"] = decode_tensor(item.get("datatype"), chunk, where)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mlcomponent.errors import shown
+
 TYPECODES = {"FP32": "f", "FP64": "d", "INT32": "i"}
 NUMPY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4"}
 ITEMSIZE = {"FP32": 4, "FP64": 8, "INT32": 4}
@@ -163,7 +165,7 @@ def packed_problem(packed: Packed, allow_nan: bool) -> str | None:
         return None
     code = "<f" if packed.datatype == "FP32" else "<d"
     (value,) = struct.unpack_from(code, packed.raw, index * ITEMSIZE[packed.datatype])
-    return f"element {index} is {value!r}; {packed.datatype} values must be finite"
+    return f"element {index} is {shown(value)}; {packed.datatype} values must be finite"
 
 
 def bounds(packed: Packed) -> tuple[float, float]:

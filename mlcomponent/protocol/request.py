@@ -11,7 +11,7 @@ import difflib
 import mimetypes
 from typing import Any
 
-from mlcomponent.errors import BadRequest, SpecViolation
+from mlcomponent.errors import BadRequest, SpecViolation, shown
 from mlcomponent.protocol.tensors import (
     canonical_datatype,
     count_problem,
@@ -35,7 +35,7 @@ WIRE_DATATYPES = ", ".join("BYTES (or str)" if d == "str" else d for d in DATATY
 def _datatype(raw: Any, where: str) -> str:
     datatype = canonical_datatype(raw)
     if datatype is None:
-        raise BadRequest(f"{where}: unknown datatype {raw!r}; use one of {WIRE_DATATYPES}")
+        raise BadRequest(f"{where}: unknown datatype {shown(raw)}; use one of {WIRE_DATATYPES}")
     return datatype
 
 
@@ -68,7 +68,7 @@ def _input_header(item: Any, index: int) -> tuple[str, str, dict[str, Any]]:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{index}]: `name` must be a non-empty string")
-    where = f"input {name!r}"
+    where = f"input {shown(name)}"
     params = item.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest(f"{where}: `parameters` must be an object")
@@ -94,9 +94,9 @@ def _file_input(item: dict[str, Any], shape: Any, content_type: str | None,
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if data is not None and not isinstance(data, str):
-        raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {data!r}")
+        raise BadRequest(f"{where}: FILE data must be a key in the file box (a string), got {shown(data)}")
     if isinstance(data, str) and _outside_box(data):  # before its content type: the key is the fault
-        raise BadRequest(f"{where}: key {data!r} must be a relative key inside the file box: it must not "
+        raise BadRequest(f"{where}: key {shown(data)} must be a relative key inside the file box: it must not "
                          "contain '..', '.' or empty segments, nor start with '/'")
     if content_type is None and data is not None:
         content_type = mimetypes.guess_type(data)[0]  # a key named like a file says what it holds
@@ -129,30 +129,30 @@ def _check_declared(declared: TensorSpec, datatype: str, shape: list[int], conte
     if declared.datatype != datatype:
         raise SpecViolation(f"{where}: datatype {datatype} does not match the declared {declared.datatype}")
     if not declared.shape_matches(shape):
-        raise SpecViolation(f"{where}: shape {shape} does not match the declared shape {list(declared.shape)} "
+        raise SpecViolation(f"{where}: shape {shown(shape)} does not match the declared shape {list(declared.shape)} "
                             "(-1: any size)")
     if datatype == "FILE":
         if content_type is None and declared.content_type is not None:
-            what = f"the key {data!r} has no extension that tells" if isinstance(data, str) else "nothing tells"
+            what = f"the key {shown(data)} has no extension that tells" if isinstance(data, str) else "nothing tells"
             raise SpecViolation(
                 f"{where}: {what} its content type, and the function "
                 f"declares {declared.content_type!r}; send \"parameters\": {{\"content_type\": "
                 f"\"{declared.content_type}\"}} with the input, or name the key with its extension")
         if not declared.content_type_matches(content_type):
             raise SpecViolation(
-                f"{where}: content type {content_type!r} does not match the declared {declared.content_type!r}")
+                f"{where}: content type {shown(content_type)} does not match the declared {declared.content_type!r}")
         return
     if declared.range is not None and data:
         low, high = declared.range
         smallest, largest = min_max(data)
         if not (low <= smallest and largest <= high):  # C speed; find the culprit only on failure
             index, value = next((i, v) for i, v in enumerate(data) if not low <= v <= high)
-            raise SpecViolation(f"{where}: element {index} = {value!r} is outside the declared range [{low:g}, {high:g}]")
+            raise SpecViolation(f"{where}: element {index} = {shown(value)} is outside the declared range [{low:g}, {high:g}]")
     if declared.values is not None:
         allowed = set(declared.values)
         for index, value in enumerate(data):
             if value not in allowed:
-                raise SpecViolation(f"{where}: element {index} = {value!r} is not one of {list(declared.values)}")
+                raise SpecViolation(f"{where}: element {index} = {shown(value)} is not one of {list(declared.values)}")
 
 
 def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -172,13 +172,13 @@ def decode_parameters(raw: Any, spec: FunctionSpec) -> tuple[dict[str, Any], dic
                 known = ", ".join(spec.parameters_by_name)
                 close = difflib.get_close_matches(name, list(spec.parameters_by_name), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise SpecViolation(f"parameter {name!r} is not declared (declared parameters: {known}){hint}")
+                raise SpecViolation(f"parameter {shown(name)} is not declared (declared parameters: {known}){hint}")
             if not isinstance(value, PRIMITIVES) and value is not None:
-                raise BadRequest(f"parameter {name!r} must be a primitive value (string, number, boolean)")
+                raise BadRequest(f"parameter {shown(name)} must be a primitive value (string, number, boolean)")
         else:
             problem = declared.value_problem(value)
             if problem:
-                raise SpecViolation(f"parameter {name!r}: {problem}")
+                raise SpecViolation(f"parameter {shown(name)}: {problem}")
         result[name] = value
     for declared in spec.parameters:
         if declared.name in raw:
@@ -203,19 +203,19 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
         name = item["name"]
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
-            raise BadRequest(f"output {name!r}: `parameters` must be an object")
+            raise BadRequest(f"output {shown(name)}: `parameters` must be an object")
         declared = spec.outputs_by_name.get(name)
         if spec.declared and declared is None:
             known = ", ".join(spec.outputs_by_name) or "none"
-            raise SpecViolation(f"output {name!r} is not declared by the function (declared outputs: {known})")
+            raise SpecViolation(f"output {shown(name)} is not declared by the function (declared outputs: {known})")
         datatype = params.get("datatype", declared.datatype if declared else None)
         if datatype is not None:
-            datatype = _datatype(datatype, f"output {name!r}")
+            datatype = _datatype(datatype, f"output {shown(name)}")
         content_type = params.get("content_type", declared.content_type if declared else None)
         shape = params.get("shape", list(declared.shape) if declared else None)
         problem = _requested_problem(content_type, shape)
         if problem:
-            raise BadRequest(f"output {name!r}: {problem}")
+            raise BadRequest(f"output {shown(name)}: {problem}")
         binary = params.get("binary_data")
         fields.append(RequestedOutput(name, datatype, content_type, shape, None if binary is None else binary is True))
     return fields
@@ -223,14 +223,22 @@ def decode_outputs(raw: Any, spec: FunctionSpec) -> list[RequestedOutput]:
 
 def _requested_problem(content_type: Any, shape: Any) -> str | None:
     if content_type is not None and not isinstance(content_type, str):
-        return f"`content_type` must be a string, got {content_type!r:.80}"
+        return f"`content_type` must be a string, got {shown(content_type)}"
     if shape is not None and (not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)):
-        return f"`shape` must be a list of integers (-1 for any), got {shape!r:.80}"
+        return f"`shape` must be a list of integers (-1 for any), got {shown(shape)}"
     return None
 
 
 def decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:
+    try:
+        return _decode_request(body, spec)
+    except RecursionError:  # a value nested ~1,000 deep where a flat one belongs (orjson stops at 1,024)
+        raise BadRequest("the request nests lists or objects too deeply; ids, shapes, datatypes, keys and "
+                         "parameters are flat values, and data is nested as deep as its shape") from None
+
+
+def _decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with `inputs`")
     raw_inputs = body.get("inputs")
@@ -240,7 +248,7 @@ def decode_request(body: Any, spec: FunctionSpec) -> InferenceRequest:
     seen: set[str] = set()
     for item in inputs:
         if item.name in seen:
-            raise BadRequest(f"input {item.name!r} is given twice")
+            raise BadRequest(f"input {shown(item.name)} is given twice")
         seen.add(item.name)
     for declared in spec.inputs:
         if not declared.optional and declared.name not in seen:
@@ -267,5 +275,5 @@ def request_timeout(microseconds: Any) -> float | None:
     if microseconds is None:
         return None
     if isinstance(microseconds, bool) or not isinstance(microseconds, (int, float)) or not microseconds >= 0:
-        raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {microseconds!r}")
+        raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {shown(microseconds)}")
     return microseconds / MICROSECONDS if microseconds else None

@@ -12,6 +12,7 @@ import sys
 from array import array
 from typing import Any
 
+from mlcomponent.errors import shown
 from mlcomponent.protocol.packed import Packed, bounds, nonfinite_index, packed_problem, remember_checked
 from mlcomponent.spec.model import DATATYPE_ALIASES, DATATYPES
 
@@ -60,7 +61,7 @@ def count_problem(shape: list[int], data: Any) -> str | None:
     """Why ``data`` cannot fill ``shape`` (row-major), or None."""
     expected = math.prod(shape)
     if len(data) != expected:
-        return f"shape {shape} needs {expected} elements, data has {len(data)}"
+        return f"shape {shown(shape)} needs {expected} elements, data has {len(data)}"
     return None
 
 
@@ -68,7 +69,7 @@ def shape_problem(shape: Any) -> str | None:
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        return f"shape must be a list of non-negative integers, got {shape!r}"
+        return f"shape must be a list of non-negative integers, got {shown(shape)}"
     return None
 
 
@@ -145,24 +146,24 @@ def _first_problem(datatype: str, data: list[Any], allow_nan: bool) -> str | Non
     if datatype == "str":
         for index, value in enumerate(data):
             if type(value) is not str:
-                return f"element {index} is {value!r}, not a string (str)"
+                return f"element {index} is {shown(value)}, not a string (str)"
         return None
     if datatype == "INT32":
         for index, value in enumerate(data):
             if type(value) is not int:
-                return f"element {index} is {value!r}, not an integer (INT32)"
+                return f"element {index} is {shown(value)}, not an integer (INT32)"
             if not INT32_MIN <= value <= INT32_MAX:
-                return f"element {index} = {value} is out of INT32 range [{INT32_MIN}, {INT32_MAX}]"
+                return f"element {index} = {shown(value)} is out of INT32 range [{INT32_MIN}, {INT32_MAX}]"
         return None
     limit = FP32_MAX if datatype == "FP32" else math.inf
     for index, value in enumerate(data):
         kind = type(value)
         if kind is not float and kind is not int:
-            return f"element {index} is {value!r}, not a number ({datatype})"
+            return f"element {index} is {shown(value)}, not a number ({datatype})"
         if not (-limit <= value <= limit):
             if value != value or math.isinf(value):
                 if allow_nan:
                     continue
-                return f"element {index} is {value!r}; {datatype} values must be finite"
-            return f"element {index} = {value} overflows {datatype}"
+                return f"element {index} is {shown(value)}; {datatype} values must be finite"
+            return f"element {index} = {shown(value)} overflows {datatype}"
     return None

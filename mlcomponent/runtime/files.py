@@ -27,6 +27,7 @@ from mlcomponent.errors import BadFunctionOutput, BadRequest
 from mlcomponent.protocol.types import InferenceRequest, InputTensor, OutputTensor, StagedFile
 
 KEY_ROOT = "mlcomponent"
+MAX_NAME_BYTES = 120
 
 
 def extension_for(content_type: str | None) -> str:
@@ -38,9 +39,11 @@ def extension_for(content_type: str | None) -> str:
 
 
 def safe_filename(name: str | None, fallback: str) -> str:
-    """A client-supplied file name reduced to one harmless path segment."""
+    """A client-supplied file name reduced to one harmless path segment (at most 120 bytes in UTF-8:
+    120 CJK characters are 360 bytes, past the 255 a file system allows)."""
     base = posixpath.basename((name or "").replace("\\", "/")).strip()
-    cleaned = "".join(c for c in base if c.isalnum() or c in "-_.")[:120].lstrip(".")
+    cleaned = "".join(c for c in base if c.isalnum() or c in "-_.").lstrip(".")
+    cleaned = cleaned.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
     return cleaned or fallback
 
 

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 
-from mlcomponent.errors import BadFunctionOutput, FunctionFailed, MethodNotAllowed, MLComponentError, NotReady
+from mlcomponent.errors import (
+    BadFunctionOutput,
+    DiskFull,
+    FunctionFailed,
+    MethodNotAllowed,
+    MLComponentError,
+    NotReady,
+)
 from mlcomponent.logs import request_id
 
 log = logging.getLogger("mlcomponent.http")  # the logger name users filter on, kept from before gRPC
+MAX_MESSAGE = 2000  # characters; the values a message echoes are cut shorter still (errors.shown)
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over the file-size limit
 
 
 @dataclass(frozen=True)
@@ -39,16 +49,31 @@ def hidden_message(error: Exception) -> str | None:
     return f"{what}; the details are in the service's log under request id {request_id.get() or '-'}"
 
 
+def disk_full(error: Exception) -> DiskFull | None:
+    """A full disk (or file-size limit) where request files are written, as a 507 that names no path."""
+    if isinstance(error, OSError) and error.errno in FULL:
+        return DiskFull("the service has no disk space left for this request's files; retry later, or send "
+                        "smaller files")
+    return None
+
+
 def describe(error: Exception, where: str, hide_errors: bool = False) -> Failure:
-    """The ``Failure`` for any error (an unexpected one is a 500 naming its type); 5xx are logged."""
-    hidden = hidden_message(error) if hide_errors else None
+    """The ``Failure`` for any error; 5xx are logged. An unexpected error's own text (often a server
+    path) goes to the log only: the client is told its type and the request id."""
     if not isinstance(error, MLComponentError):
-        log.error("unexpected error on %s", where, exc_info=error)
-        return Failure(500, hidden or f"internal error: {type(error).__name__}: {error}")
+        full = disk_full(error)
+        if full is None:
+            log.error("unexpected error on %s", where, exc_info=error)
+            return Failure(500, f"internal error ({type(error).__name__}); the details are in the service's log "
+                                f"under request id {request_id.get() or '-'}")
+        log.error("%s -> 507: %s", where, error)
+        error = full
+    hidden = hidden_message(error) if hide_errors else None
     if error.status >= 500:
         log.error("%s -> %s: %s", where, error.status, error.message)
     if hidden is not None:
         return Failure(error.status, hidden)
-    return Failure(error.status, error.message,
+    message = error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "…"
+    return Failure(error.status, message,
                    retry_after=error.retry_after if isinstance(error, NotReady) else None,
                    allow=(error.allow or None) if isinstance(error, MethodNotAllowed) else None)

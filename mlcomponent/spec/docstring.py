@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from mlcomponent.manifest import MAX_NODES, _expanded_size
 from mlcomponent.spec.model import (
     DATATYPE_ALIASES,
     DATATYPES,
@@ -291,10 +292,26 @@ def _example(body: list[tuple[int, str]] | None, first_source_line: int | None) 
     return {"inputs": data.get("inputs") or {}, "parameters": data.get("parameters") or {}}
 
 
+def _load_capped(text: str) -> tuple[Any, bool]:
+    """``yaml.safe_load``, refusing (False) what anchors and aliases expand past the manifest's cap."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            return None, False
+        return (loader.construct_document(node) if node is not None else None), True
+    finally:
+        loader.dispose()
+
+
 def _yaml_section(body: Section, name: str, first_source_line: int | None) -> Any:
     start = body[0][0]
     try:
-        return yaml.safe_load(textwrap.dedent("\n".join(text for _, text in body)))
+        data, within_cap = _load_capped(textwrap.dedent("\n".join(text for _, text in body)))
+        if not within_cap:
+            raise _error(f"{name} has more than {MAX_NODES:,} values once anchors and aliases are expanded; keep "
+                         "it small (a few rows) and write it out in full", start, first_source_line)
+        return data
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         last = max(number for number, text in body if text.strip())

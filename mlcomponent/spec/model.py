@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlcomponent.errors import shown
+
 DATATYPES = ("FP32", "FP64", "INT32", "str", "FILE")
 DATATYPE_ALIASES = {"BYTES": "str"}  # what a standard V2 client calls str
 PARAMETER_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -71,11 +73,11 @@ class ParameterSpec:
         else:
             ok = isinstance(value, kind)
         if not ok:
-            return f"must be of type {self.type}, got {type(value).__name__} {value!r}"
+            return f"must be of type {self.type}, got {type(value).__name__} {shown(value)}"
         if self.range is not None and not self.range[0] <= value <= self.range[1]:
-            return f"{value!r} is outside the allowed range [{_number(self.range[0])}, {_number(self.range[1])}]"
+            return f"{shown(value)} is outside the allowed range [{_number(self.range[0])}, {_number(self.range[1])}]"
         if self.values is not None and value not in self.values:
-            return f"{value!r} is not one of {list(self.values)}"
+            return f"{shown(value)} is not one of {list(self.values)}"
         return None
 
 
