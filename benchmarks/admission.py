@@ -8,7 +8,12 @@ client on CPU 0; the server on CPU 1). A refused client waits the `Retry-After` 
 given before it sends again, as the header asks. The table counts served requests and
 their latency (all should be within the budget plus one call), and refusals: how many,
 how fast (the client's measure, from sending to the last byte), and whether each
-carried `Retry-After`.
+carried `Retry-After` (after that wait the client connects again: the server closes
+a keep-alive connection idle for 5 s). The load client's own measure of a refusal
+includes its own delays (one Python loop with up to 1,000 connections on a shared
+core), so a probe, a separate process, sends a request every 50 ms during each run,
+each on its own connection and thread, and times the refusals: the server's latency
+(and the shared core's), not the load client's.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Tally:
     refused: list[float] = field(default_factory=list)
     refused_with_retry_after: int = 0
     other: int = 0
+    probed: list[float] = field(default_factory=list)  # the probe's refusals, seconds
 
 
 async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
@@ -63,6 +69,8 @@ async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
                 if retry is not None:
                     tally.refused_with_retry_after += 1
                     await asyncio.sleep(min(float(retry), max(0.0, stop - time.monotonic())))
+                    writer.close()  # as a real client would find after seconds idle: the server's keep-alive is over
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
             else:
                 tally.other += 1
             if headers.get("connection") == "close":
@@ -78,6 +86,50 @@ async def load(port: int, path: str, connections: int, seconds: float) -> Tally:
     tally = Tally()
     stop = time.monotonic() + seconds
     await asyncio.gather(*(connection(port, path, stop, tally) for _ in range(connections)))
+    return tally
+
+
+PROBE_GAP = 0.05
+
+
+def probe(port: int, path: str, seconds: float) -> None:
+    """The probe process: a request every 50 ms, each on its own connection and thread (one that is
+    admitted waits its turn without holding up the next; none waits Retry-After: it measures, it adds
+    next to no load); prints the seconds each refusal took, from sending to the answer read, as JSON."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one() -> float | None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.connect()
+        started = time.perf_counter()
+        connection.request("POST", path, BODY, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        return time.perf_counter() - started if answer.status == 503 else None
+
+    stop = time.monotonic() + seconds
+    with ThreadPoolExecutor(256) as pool:
+        sent = []
+        while time.monotonic() < stop:
+            sent.append(pool.submit(one))
+            time.sleep(PROBE_GAP)
+        refusals = [s for s in (f.result() for f in sent) if s is not None]
+    print(orjson.dumps(refusals).decode())
+
+
+async def measured(port: int, path: str, connections: int, seconds: float) -> Tally:
+    """The load, with the probe beside it (started once the load has filled the queue)."""
+    async def probing() -> list[float]:
+        await asyncio.sleep(min(2.0, seconds / 4))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--probe", str(port), path, str(seconds - min(2.0, seconds / 4)),
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await process.communicate()
+        return list(orjson.loads(out))
+    tally, refusals = await asyncio.gather(load(port, path, connections, seconds), probing())
+    tally.probed = refusals
     return tally
 
 
@@ -98,6 +150,9 @@ def run(coroutine: Any) -> Any:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--probe"]:
+        probe(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+        return
     parser = bench.arguments(__doc__, "admission.md")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--connections", default="50,200,1000")
@@ -116,7 +171,7 @@ def main() -> None:
         with bench.running(server, port, work / f"{mode}.log"):
             run(load(port, server.path, 4, 2))  # the estimate learns the service time
             for connections in levels:
-                tally = run(load(port, server.path, connections, args.seconds))
+                tally = run(measured(port, server.path, connections, args.seconds))
                 rows.append((mode, connections, tally))
                 print(f"   batching {mode} @{connections}: {len(tally.served)} served, {len(tally.refused)} refused",
                       file=sys.stderr)
@@ -132,8 +187,8 @@ def render(rows: list[tuple[str, int, Tally]], seconds: float) -> str:
              f"{load[2]:.1f}. Fixed-cost model, {COST * 1000:.0f} ms a call, --max-queue-wait {BUDGET:g}, "
              f"{seconds:g} s per run.", "",
              "| batching | connections | served | served p50 / p99 / max s | over budget + 1 call | refused | "
-             "refusal p50 / p99 ms | refusals with Retry-After | other errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "refusal p50 / p99 ms | refusals with Retry-After | probe: refusals, p50 / p99 ms | other errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, connections, tally in rows:
         served, refused = tally.served, tally.refused
         over = sum(1 for s in served if s > BUDGET + COST)
@@ -141,7 +196,8 @@ def render(rows: list[tuple[str, int, Tally]], seconds: float) -> str:
             f"| {mode} | {connections:,} | {len(served):,} | {percentile(served, 0.5):.2f} / "
             f"{percentile(served, 0.99):.2f} / {max(served, default=float('nan')):.2f} | {over} | {len(refused):,} | "
             f"{percentile(refused, 0.5) * 1000:.1f} / {percentile(refused, 0.99) * 1000:.1f} | "
-            f"{tally.refused_with_retry_after:,} of {len(refused):,} | {tally.other} |")
+            f"{tally.refused_with_retry_after:,} of {len(refused):,} | {len(tally.probed)}, "
+            f"{percentile(tally.probed, 0.5) * 1000:.1f} / {percentile(tally.probed, 0.99) * 1000:.1f} | {tally.other} |")
     if rows:
         lines += ["", f"Median served latency over all runs: {statistics.median(s for *_, t in rows for s in t.served):.2f} s"
                   if any(t.served for *_, t in rows) else ""]

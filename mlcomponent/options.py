@@ -89,11 +89,14 @@ class ServeOptions:
     boxes: str | None = option(None, "YAML mapping box names to S3 or folders.", path="file",
                                parse=_resolved)
     workers: int | None = option(None, "Worker processes. Default: the manifest's cpu limit in whole cores.")
-    timeout: float | None = option(60.0, "Deadline per request, in seconds (504 past it); 0: none.", unit="s",
+    timeout: float | None = option(60.0, "The service's limit on one call, in seconds: a call still running "
+                                   "this long after it started running is stopped by force (its worker "
+                                   "is replaced); a request unanswered this long after arrival gets 504. A "
+                                   "client's own deadline ends only its wait. 0: none.", unit="s",
                                    parse=_zero_is_none)
     max_queue: int = option(32768, "Requests waiting per worker before 503: a hard cap on memory.")
-    max_queue_wait: float | None = option(5.0, "Seconds a request may expect to wait for the calls ahead (per "
-                                          "worker) before 503 with Retry-After; 0: no budget.", unit="s",
+    max_queue_wait: float | None = option(5.0, "Seconds a request may expect to wait for the calls ahead and its "
+                                          "own call (per worker) before 503 with Retry-After; 0: no budget.", unit="s",
                                           parse=_zero_is_none)
     max_json_body_mb: int = option(64, "JSON body limit, MB.", unit="MB", flags=("--max-json-body",))
     max_upload_mb: int = option(1024, "File upload limit, MB.", unit="MB", flags=("--max-upload",))

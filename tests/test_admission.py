@@ -78,10 +78,13 @@ def test_admission_math_budget_deadline_and_retry_after() -> None:
     sent = admission.service.sent()
     clock.now += 4.0
     admission.service.answered(sent)
-    assert admission.over_budget(2) is None  # 8 s of queue fits 10 s
-    refusal = admission.over_budget(3)  # 12 s does not: retry once 2 s have drained
+    assert admission.over_budget(1) is None  # 4 s of queue and its own 4 s call fit 10 s
+    refusal = admission.over_budget(2)  # 8 + 4 s do not: retry once 2 s have drained
     assert refusal is not None and refusal.reason == "queue_wait" and refusal.retry_after == 2
-    assert "3 call(s) ahead × 4 s per call" in refusal.message and "--max-queue-wait" in refusal.message
+    assert "2 call(s) ahead × 4 s per call + its own" in refusal.message and "--max-queue-wait" in refusal.message
+    assert Admission(1.0, admission.service).over_budget(0) is None  # nothing ahead: it runs, however slow
+    spread = [r.retry_after for r in (admission.over_budget(2) for _ in range(10)) if r is not None]
+    assert spread == [3, 4, 5, 6, 7, 8, 9, 10, 11, 2]  # the next ten: spread over the 10 s budget, then round again
     assert admission.past_deadline(2, 12.0) is None  # 8 s of wait + its own 4 s call
     late = admission.past_deadline(2, 11.5)
     assert late is not None and late.reason == "deadline" and late.retry_after == 1
@@ -127,10 +130,10 @@ def test_a_request_that_fits_is_queued_one_that_does_not_is_refused_at_once(tmp_
         assert not isinstance(await first, MLComponentError)
         assert plane.admission.service.seconds == pytest.approx(4.0)
         held = [asyncio.ensure_future(infer(plane, body("gate", path=str(gates[1])))) for _ in range(3)]
-        await until(lambda: plane.calls_ahead == 3)  # one running, two queued: 8 s of queue for the next
-        with pytest.raises(NotReady) as refused:  # 12 s ahead > 10 s budget: refused before any I/O
+        await until(lambda: plane.calls_ahead == 3)  # one running, two queued: 12 s of queue for the next
+        with pytest.raises(NotReady) as refused:  # 12 s ahead + its own 4 s > 10 s budget: refused before any I/O
             plane.admit()
-        assert refused.value.retry_after == 2 and "--max-queue-wait" in refused.value.message
+        assert refused.value.retry_after == 6 and "--max-queue-wait" in refused.value.message
         plane.admission.max_queue_wait = 60.0
         plane.admit()  # a budget of 60 s: the same queue fits
         in_time = body("echo")
@@ -162,7 +165,7 @@ def test_a_slower_function_is_judged_by_its_new_service_time(tmp_path: Path, cal
         assert plane.admission.service.seconds == pytest.approx(0.25)
         held = [asyncio.ensure_future(infer(plane, body("gate", path=str(gate)))) for _ in range(4)]
         await until(lambda: plane.calls_ahead == 4)
-        plane.admit()  # 4 × 0.25 s fits 5 s
+        plane.admit()  # 4 × 0.25 s + its own fits 5 s
         clock.tick = 0.0
         for _ in range(8):  # the function slows down to 3 s a call (a window of 8 answers)
             sent = plane.admission.service.sent()
@@ -206,10 +209,15 @@ def test_over_http_and_grpc_a_refusal_is_503_unavailable_with_retry_after(tmp_pa
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert ("retry-after", "1") in caught.value.trailing_metadata()
         assert "--max-queue-wait" in caught.value.details()
+        undecodable = request(("x", "INT32", [1], [1]), do="echo")
+        undecodable.raw_input_contents.append(b"")  # 2 raw entries for 1 input: INVALID_ARGUMENT once decoded
+        with pytest.raises(grpc.RpcError) as caught:
+            server.infer(undecodable)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # admission (once) comes before decoding
         gates[1].touch()
         assert held.result().status_code == 200
         assert post(body("echo")).status_code == 200  # nothing ahead: admitted
         metrics = httpx.get(server.http.url + "/metrics").text
-        assert 'mlcomponent_refusals_total{reason="queue_wait"} 2.0' in metrics
+        assert 'mlcomponent_refusals_total{reason="queue_wait"} 3.0' in metrics
         assert "mlcomponent_queue_wait_seconds_count" in metrics
         assert len(log.read_text().splitlines()) == 3  # the refused requests never ran

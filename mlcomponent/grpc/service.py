@@ -140,24 +140,25 @@ class InferenceService:
             raise BadRequest(f"malformed ModelInferRequest: {error}") from None
         plane = self.plane
         plane.check_model(message.model_name)
-        plane.admit()  # refused before decoding; request_scope admits (and counts) it again
         deadline = context.time_remaining()
-        body, raw_answer = request_body(message, deadline)
         if deadline is None:  # only the client going away cancels it: nobody is left to answer
-            return response_message(await self._infer(body, arrived), raw_answer)
+            return response_message(*await self._infer(message, deadline, arrived))
         # grpc cancels the RPC at its deadline, the moment the data plane's own deadline (the same)
         # passes: the call runs on to that, so that a running worker is stopped, not left running.
-        task = asyncio.ensure_future(self._infer(body, arrived))
+        task = asyncio.ensure_future(self._infer(message, deadline, arrived))
         try:
-            response = await asyncio.shield(task)
+            response, raw_answer = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_consume)
             raise
         return response_message(response, raw_answer)
 
-    async def _infer(self, body: dict[str, Any], arrived: float) -> InferenceResponse:
+    async def _infer(self, message: ModelInferRequest, deadline: float | None,
+                     arrived: float) -> tuple[InferenceResponse, bool]:
+        """Admitted (or refused) once, by ``request_scope``, before its tensors are decoded."""
         async with self.plane.request_scope() as files:  # a failed request keeps nothing in the box
-            return await self.plane.infer(body, files, arrived=arrived)
+            body, raw_answer = request_body(message, deadline)
+            return await self.plane.infer(body, files, arrived=arrived), raw_answer
 
     def handlers(self, calls: Calls) -> dict[str, grpc.RpcMethodHandler]:
         def unary(name: str, endpoint: str, handler: Handler, request: Any, response: Any) -> grpc.RpcMethodHandler:

@@ -3,10 +3,10 @@
 Each HTTP worker process has its own queue and its own function, so each judges for
 itself. A new request's expected wait is the calls ahead of it (pipelined calls, or
 merged calls with batching: a merged call serves many) times the recent service time
-per call. It is refused (503, ``Retry-After`` from the queue) when that wait is over the
-service's budget (``--max-queue-wait``), or when the wait plus its own call is over its
-own deadline; ``--max-queue`` is a hard cap on memory and binds only for calls faster
-than ``max-queue-wait / max-queue``.
+per call. It is refused (503, ``Retry-After`` from the queue, spread over successive
+refusals) when that wait plus its own call is over the service's budget
+(``--max-queue-wait``) or its own deadline; a request with nothing ahead always runs;
+``--max-queue`` is a hard cap on memory and binds only for calls faster than ``max-queue-wait / max-queue``.
 
 The service time is the mean gap between answers over a recent window: in order, one call
 at a time, a call's service starts when it was sent or when the call before it was
@@ -96,18 +96,30 @@ class Admission:
     def __init__(self, max_queue_wait: float | None, service: ServiceTime | None = None) -> None:
         self.max_queue_wait = max_queue_wait
         self.service = service or ServiceTime()
+        self._budget_refusals = 0  # spreads their Retry-After: see ``over_budget``
 
     def expected_wait(self, calls_ahead: int) -> float:
         return calls_ahead * (self.service.seconds or 0.0)
 
     def over_budget(self, calls_ahead: int) -> Refusal | None:
-        """A refusal when the queue ahead would take longer than ``--max-queue-wait``, else None."""
-        wait = self.expected_wait(calls_ahead)
-        if self.max_queue_wait is None or wait <= self.max_queue_wait:
+        """A refusal when the calls ahead and its own call would take longer than ``--max-queue-wait``, else
+        None: an admitted request expects its answer within the budget. With nothing ahead it runs.
+
+        Its ``Retry-After`` is the whole seconds until the queue has drained by the excess, plus 0, 1, 2, ...
+        seconds in turn over successive refusals, up to the budget's whole seconds: refused clients that
+        came together come back spread over the budget (the queue takes in a budget's worth of calls per
+        budget) instead of all at the same second, to be refused together again."""
+        if self.max_queue_wait is None or calls_ahead <= 0:
             return None
-        return Refusal("queue_wait", f"busy: the expected wait is {wait:.3g} s ({self._ahead(calls_ahead)}), over the "
+        wait = self.expected_wait(calls_ahead) + (self.service.seconds or 0.0)
+        if wait <= self.max_queue_wait:
+            return None
+        spread = self._budget_refusals % max(1, math.ceil(self.max_queue_wait))
+        self._budget_refusals += 1
+        return Refusal("queue_wait", f"busy: the expected wait and call is {wait:.3g} s ({self._ahead(calls_ahead)} + "
+                                     f"its own), over the "
                                      f"service's queue-wait budget of {self.max_queue_wait:g} s (--max-queue-wait); "
-                                     "retry later", _retry_after(wait - self.max_queue_wait))
+                                     "retry later", _retry_after(wait - self.max_queue_wait) + spread)
 
     def past_deadline(self, calls_ahead: int, seconds_left: float | None) -> Refusal | None:
         """A refusal when the calls ahead would keep the request past its own deadline, else None.
