@@ -222,6 +222,12 @@ def _prepare(options: ServeOptions) -> Settings:
     return settings
 
 
+# The standard library's event loop, not uvloop (uvicorn's "auto" choice): the same throughput for our
+# requests, and fair under overload. With 1,000 connections on one core uvloop served some connections
+# for seconds at a time while others waited: p99 4.6 s against 0.24 s (docs/benchmarks.md).
+EVENT_LOOP = "asyncio"
+
+
 def _run(options: ServeOptions, settings: Settings) -> None:
     """uvicorn over ``process.py``'s app, in ``settings.workers`` processes (one with --reload)."""
     import uvicorn
@@ -237,7 +243,7 @@ def _run(options: ServeOptions, settings: Settings) -> None:
                f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
                f"(workers: {settings.workers}, isolated: {options.isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
-        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL,
+        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL, loop=EVENT_LOOP,
         workers=1 if reload else settings.workers, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(options.grace_period), reload=reload,
         reload_dirs=[str(settings.module_root)] if reload else None,
