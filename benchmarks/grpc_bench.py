@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--only", default="bare,mlcomponent,mlserver,kserve")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "grpc.md")
     args = parser.parse_args()
+    # This harness polls every server's process tree (psutil) while it runs: on CPU 0, beside the load
+    # generator, so that CPU 1 is the servers' alone (unpinned, it preempted them there).
+    os.sched_setaffinity(0, {0})
     if not shutil.which("h2load") or not (HERE / ".venv-mlserver/bin/mlserver").exists():
         print("installing the peers, wrk and h2load (benchmarks/setup-peers.sh) ...", file=sys.stderr)
         subprocess.run([str(HERE / "setup-peers.sh")], check=True)

@@ -226,6 +226,9 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,64,256,1000")
     parser.add_argument("--only", default="mlcomponent,inprocess,mlserver,kserve,bare")
     args = parser.parse_args()
+    # This harness polls every server's process tree (psutil) while it runs: on CPU 0, beside the load
+    # generator, so that CPU 1 is the servers' alone (unpinned, it preempted them there).
+    os.sched_setaffinity(0, {0})
     peers_missing = not (HERE / ".venv-mlserver/bin/mlserver").exists() or not (HERE / ".venv-kserve/bin/python").exists()
     if peers_missing or not shutil.which("wrk"):
         print("installing the peers and wrk (benchmarks/setup-peers.sh) ...", file=sys.stderr)
