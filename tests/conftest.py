@@ -40,6 +40,19 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
+def boxes_file(folder: Path, endpoint: str, *names: str, env_names: bool = True) -> Path:
+    """``folder/boxes.yaml``: each box name an S3 bucket of the same name at ``endpoint`` (credentials from
+    BOX_KEY and BOX_SECRET unless ``env_names`` is off)."""
+    lines = ["boxes:"]
+    for name in names:
+        lines += [f"  {name}:", "    s3:", f"      endpoint: {endpoint}", "      region: us-east-1"]
+        if env_names:
+            lines += ["      accessKeyEnv: BOX_KEY", "      secretKeyEnv: BOX_SECRET"]
+    path = folder / "boxes.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class S3Endpoint:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -59,15 +72,9 @@ class S3Endpoint:
 
     def boxes_file(self, folder: Path, *names: str, env_names: bool = True) -> Path:
         """A --boxes file mapping each box name to a bucket of the same name here."""
-        lines = ["boxes:"]
         for name in names:
             self.bucket(name)
-            lines += [f"  {name}:", "    s3:", f"      endpoint: {self.url}", "      region: us-east-1"]
-            if env_names:
-                lines += ["      accessKeyEnv: BOX_KEY", "      secretKeyEnv: BOX_SECRET"]
-        path = folder / "boxes.yaml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return boxes_file(folder, self.url, *names, env_names=env_names)
 
     @property
     def server_env(self) -> dict[str, str]:

@@ -25,14 +25,13 @@ from tests.support import (
     call,
     calls_logged,
     deadline_us,
-    free_port,
     poll,
     restarts,
     serve,
     wait_ready,
     write_manifest,
 )
-from tests.test_grpc import GrpcServer, request
+from tests.test_grpc import GrpcServer, request, serve_grpc
 
 MODEL = "test-model"
 
@@ -60,15 +59,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GrpcServe
     """One service that everybody calls (REST and gRPC), memory 256M, the default --timeout (60 s)."""
     folder = tmp_path_factory.mktemp("shared")
     log = folder / "calls.log"
-    port = free_port()
-    with serve(write_manifest(folder, "hostile.inference"), "--grpc-port", str(port), data_root=folder / "data",
-               env={"CALL_LOG": str(log)}) as server:
-        wait_ready(server)
-        grpc_server = GrpcServer(server, port)
-        try:
-            yield grpc_server, log
-        finally:
-            grpc_server.channel.close()
+    with serve_grpc(folder, "hostile.inference", env={"CALL_LOG": str(log)}) as grpc_server:
+        wait_ready(grpc_server.http)
+        yield grpc_server, log
 
 
 # --------------------------------------------------------------------------- 18.1 deadlines
@@ -152,31 +145,26 @@ def test_only_the_services_timeout_stops_a_running_call_and_its_descendants(tmp_
 
 def test_a_worker_that_cannot_come_back_says_so_and_comes_back_when_it_can(tmp_path: Path) -> None:
     fault = tmp_path / "mount-gone"
-    port = free_port()
-    with serve(write_manifest(tmp_path, "hostile.inference"), "--grpc-port", str(port), data_root=tmp_path / "data",
-               env={"IMPORT_FAIL": str(fault)}) as server:
+    with serve_grpc(tmp_path, "hostile.inference", env={"IMPORT_FAIL": str(fault)}) as grpc_server:
+        server = grpc_server.http
         wait_ready(server)
-        grpc_server = GrpcServer(server, port)
-        try:
-            fault.touch()  # the next import fails: the restart cannot load the module
-            assert call(server, "oom").status_code == 500
-            poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
-            ready = httpx.get(server.url + "/v2/health/ready").json()
-            assert ready["ready"] is False and "could not be restarted" in ready["reason"]
-            assert "mount" not in ready["reason"]  # the log has the details; clients get no internals
-            refused = call(server, "echo")
-            assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-            assert "could not be restarted" in refused.json()["error"]
-            answer, rpc_call = grpc_server.stub.ModelReady.with_call(pb.ModelReadyRequest(name=MODEL))
-            assert answer.ready is False
-            assert "could not be restarted" in dict(rpc_call.trailing_metadata())["mlcomponent-not-ready-reason"]
-            assert rpc(grpc_server, "echo")[0] == grpc.StatusCode.UNAVAILABLE
-            fault.unlink()  # the mount is back: the next attempt succeeds
-            poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
-            assert call(server, "echo").status_code == 200
-            assert grpc_server.stub.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready is True
-        finally:
-            grpc_server.channel.close()
+        fault.touch()  # the next import fails: the restart cannot load the module
+        assert call(server, "oom").status_code == 500
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
+        ready = httpx.get(server.url + "/v2/health/ready").json()
+        assert ready["ready"] is False and "could not be restarted" in ready["reason"]
+        assert "mount" not in ready["reason"]  # the log has the details; clients get no internals
+        refused = call(server, "echo")
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert "could not be restarted" in refused.json()["error"]
+        answer, rpc_call = grpc_server.stub.ModelReady.with_call(pb.ModelReadyRequest(name=MODEL))
+        assert answer.ready is False
+        assert "could not be restarted" in dict(rpc_call.trailing_metadata())["mlcomponent-not-ready-reason"]
+        assert rpc(grpc_server, "echo")[0] == grpc.StatusCode.UNAVAILABLE
+        fault.unlink()  # the mount is back: the next attempt succeeds
+        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+        assert call(server, "echo").status_code == 200
+        assert grpc_server.stub.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready is True
     assert "restarting the worker for test-model failed" in server.output()
 
 

@@ -23,7 +23,7 @@ from mlcomponent import __version__
 from mlcomponent.ship.build import build_command, find_engine, push_command
 from mlcomponent.ship.deploy import outcome, summary, view
 from mlcomponent.ship.upload import expected_etag
-from tests.conftest import S3_ENV, S3Endpoint
+from tests.conftest import S3_ENV, S3Endpoint, boxes_file
 from tests.support import ROOT, free_port, run_cli, serve
 
 IRIS = ROOT / "examples" / "iris"
@@ -179,6 +179,11 @@ def test_build_with_podman_then_push_to_a_refusing_registry_is_one_line(module: 
 # --------------------------------------------------------------------------- upload
 
 
+def local_model(module: Path) -> Path:
+    """The scorer's model in its local-folder box (the embedded default), at its modelPath."""
+    return module / "data" / "boxes" / "scorer-data" / "users/developer/file_groups/models/model.json"
+
+
 def test_upload_puts_the_model_at_model_path_in_s3_and_checks_its_etag(module: Path, s3: S3Endpoint) -> None:
     manifest = module / "mlcomponent.yaml"
     box = "scorer-data"
@@ -215,19 +220,14 @@ def test_upload_without_boxes_fills_the_local_folder_box_that_serve_reads(module
     model.write_text('{"weights": [0.0, 0.0, 0.0], "bias": 0.9}\n')
     done = run_cli("upload", str(module / "mlcomponent.yaml"), str(model))
     assert done.returncode == 0, done.stderr
-    stored = module / "data" / "boxes" / "scorer-data" / "users/developer/file_groups/models/model.json"
-    assert stored.read_bytes() == model.read_bytes()
+    assert local_model(module).read_bytes() == model.read_bytes()
     assert "sha256" in done.stdout
 
 
 def test_upload_to_an_unreachable_box_is_one_line(module: Path, s3: S3Endpoint) -> None:
-    boxes = module / "boxes.yaml"
-    boxes.write_text(yaml.safe_dump({"boxes": {"scorer-data": {"s3": {
-        "endpoint": f"http://127.0.0.1:{free_port()}", "region": "us-east-1", "accessKeyEnv": "BOX_KEY",
-        "secretKeyEnv": "BOX_SECRET"}}}}))
-    model = module / "data" / "boxes" / "scorer-data" / "users/developer/file_groups/models/model.json"
-    line = one_line(run_cli("upload", str(module / "mlcomponent.yaml"), str(model), "--boxes", str(boxes),
-                            env=s3.server_env))
+    boxes = boxes_file(module, f"http://127.0.0.1:{free_port()}", "scorer-data")
+    line = one_line(run_cli("upload", str(module / "mlcomponent.yaml"), str(local_model(module)), "--boxes",
+                            str(boxes), env=s3.server_env))
     assert line.startswith("upload: box 'scorer-data' (S3 bucket 'scorer-data'): cannot reach S3 at http://127.0.0.1:")
     assert line.endswith("check the endpoint in --boxes (or the operator configuration's s3Endpoint) "
                          "and that the box's S3 is up")
@@ -245,13 +245,9 @@ def test_upload_with_wrong_credentials_is_one_line(module: Path, tmp_path: Path)
                                    env={**os.environ, **S3_ENV, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:
         wait_until_live(f"http://127.0.0.1:{port}", process, log, path="/moto-api/")
-        boxes = module / "boxes.yaml"
-        boxes.write_text(yaml.safe_dump({"boxes": {"scorer-data": {"s3": {
-            "endpoint": f"http://127.0.0.1:{port}", "region": "us-east-1", "accessKeyEnv": "BOX_KEY",
-            "secretKeyEnv": "BOX_SECRET"}}}}))
-        model = module / "data" / "boxes" / "scorer-data" / "users/developer/file_groups/models/model.json"
-        line = one_line(run_cli("upload", str(module / "mlcomponent.yaml"), str(model), "--boxes", str(boxes),
-                                env={"BOX_KEY": "AKIAWRONGWRONGWRONG1", "BOX_SECRET": "wrong"}))
+        boxes = boxes_file(module, f"http://127.0.0.1:{port}", "scorer-data")
+        line = one_line(run_cli("upload", str(module / "mlcomponent.yaml"), str(local_model(module)), "--boxes",
+                                str(boxes), env={"BOX_KEY": "AKIAWRONGWRONGWRONG1", "BOX_SECRET": "wrong"}))
     finally:
         stop_group(process)
     assert line.startswith("upload: box 'scorer-data' (S3 bucket 'scorer-data'): the credentials were refused ("), line
@@ -260,7 +256,7 @@ def test_upload_with_wrong_credentials_is_one_line(module: Path, tmp_path: Path)
 
 def test_upload_names_an_unset_credentials_variable(module: Path, s3: S3Endpoint) -> None:
     boxes = s3.boxes_file(module, "scorer-data")
-    model = module / "data" / "boxes" / "scorer-data" / "users/developer/file_groups/models/model.json"
+    model = local_model(module)
     env = {k: v for k, v in os.environ.items() if k not in ("BOX_KEY", "BOX_SECRET")}
     result = subprocess.run([sys.executable, "-m", "mlcomponent", "upload", str(module / "mlcomponent.yaml"),
                              str(model), "--boxes", str(boxes)], capture_output=True, text=True, env=env, timeout=60)
