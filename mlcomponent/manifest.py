@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mlcomponent.errors import ManifestError
+from mlcomponent.yamlsafe import MAX_NODES, expanded_size
 
 API_GROUP = "unified-platform.cs.hse.ru"
 API_VERSION = f"{API_GROUP}/v1"
@@ -394,7 +395,6 @@ def problems_of(data: Any) -> tuple[Manifest | None, list[Problem]]:
 
 MAX_BYTES = 1024 * 1024  # Kubernetes keeps objects under 1.5 MB; a manifest is a few hundred bytes
 MAX_DEPTH = 32  # the deepest field of a manifest is 6 levels down
-MAX_NODES = 10_000  # YAML nodes once anchors and aliases are expanded; the spec's example has about 60
 
 
 class _Refused(Exception):
@@ -419,26 +419,6 @@ class _ManifestLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no
             self.depth -= 1
 
 
-def _expanded_size(node: Any, memo: dict[int, int]) -> int:
-    """How many nodes the document has once every alias is replaced by what it names.
-
-    Aliases share the node they name, so this is cheap to count (each node once, with a
-    memo) even when the expansion is astronomically large (the "billion laughs").
-    """
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    memo[key] = MAX_NODES + 1  # an alias to an enclosing node (a cycle) expands without end
-    if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(item, memo) for item in node.value)
-    else:
-        size = 1
-    memo[key] = min(size, MAX_NODES + 1)
-    return memo[key]
-
-
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """PyYAML's message on one line, with the line and column first."""
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
@@ -460,7 +440,7 @@ def _load_yaml(text: str, duplicates: list[str] | None = None) -> tuple[Any, dic
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        if _expanded_size(node, {}) > MAX_NODES:
+        if expanded_size(node, {}) > MAX_NODES:
             raise _Refused(f"anchors and aliases expand it past {MAX_NODES:,} values "
                            "(a \"billion laughs\" file?); write the manifest out in full")
         if duplicates is not None:

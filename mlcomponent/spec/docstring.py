@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from mlcomponent.manifest import MAX_NODES, _expanded_size
+from mlcomponent.yamlsafe import MAX_NODES, expanded_size
 from mlcomponent.spec.model import (
     DATATYPE_ALIASES,
     DATATYPES,
@@ -297,7 +297,7 @@ def _load_capped(text: str) -> tuple[Any, bool]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+        if node is not None and expanded_size(node, {}) > MAX_NODES:
             return None, False
         return (loader.construct_document(node) if node is not None else None), True
     finally:
