@@ -308,18 +308,26 @@ def _fresh_metrics_dir(data_root: Path) -> Path:
 
 
 def _sync_mounts(settings: Settings) -> None:
-    """Sync S3 mounts once in the parent process, with a progress bar, before workers start."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
+    """Sync S3 mounts once in the parent process, before workers start; a progress bar once bytes move."""
     from mlcomponent.runtime.mounts import resolve_mounts
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True) as bar:
-        task = bar.add_task("syncing model box", total=None)
+    bar: Any = None  # rich's Progress, made on the first synced file (local boxes sync nothing)
 
-        def progress(name: str, size: int) -> None:
-            bar.update(task, advance=size, description=f"synced {name}")
+    def progress(name: str, size: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
+            bar.start()
+            bar.add_task("syncing model box", total=None)
+        bar.update(bar.task_ids[0], advance=size, description=f"synced {name}")
+
+    try:
         resolve_mounts(settings, sync=True, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _split_assignment(text: str, option: str) -> tuple[str, str]:
