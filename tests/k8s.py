@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from tests.conftest import S3Endpoint
 from tests.prerequisites import require_control_plane
-from tests.support import ROOT, free_port, free_port_pair, stop_group, wait_until_live
+from tests.support import HTTP, ROOT, free_port, free_port_pair, stop_group, wait_until_live
 
 TOOLS = ROOT.parent / "shared" / "tools" / "k8s"
 BIN = Path(os.environ.get("K8S_BIN_DIR", "/var/cache/mlcomponent-k8s/bin"))
@@ -156,7 +156,7 @@ def kubectl_proxy(cluster: Cluster, address: str, log: Path) -> Iterator[str]:
     try:
         import httpx
 
-        eventually(lambda: httpx.get(url + "/version", timeout=1).status_code == 200, timeout=20,
+        eventually(lambda: HTTP.get(url + "/version", timeout=1).status_code == 200, timeout=20,
                    what=f"kubectl proxy on {url}", retry=(httpx.TransportError,))
         yield url
     finally:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, free_port, stop_group
+from tests.support import HTTP, ROOT, free_port, stop_group
 
 CACHE = Path(os.environ.get("MLCOMPONENT_E2E_CACHE", "/var/cache/mlcomponent-e2e"))
 SOURCES = ("pyproject.toml", "README.md", "mlcomponent")
@@ -132,7 +132,7 @@ def serve(folder: Path, address: str, log: Path) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
+                if HTTP.get(url + "/", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -27,6 +27,10 @@ ENTRYPOINTS = ROOT / "tests" / "fixtures" / "entrypoints"
 # suite runs without ../shared; tests/test_manifest.py checks the copy is still verbatim.
 SEED_MANIFEST = ENTRYPOINTS.parent / "spec" / "seed-manifest.yaml"
 SHARED_SEED_MANIFEST = ROOT.parent / "shared" / "spec" / "seed-manifest.yaml"
+# The suite's one-off requests (``HTTP.get(...)`` where one would write ``httpx.get(...)``): each
+# ``httpx.get`` builds a client and with it an SSL context, 20 ms of CPU, which a poll pays every
+# turn. No connection is kept: every request is a new connection, as with ``httpx.get``.
+HTTP = httpx.Client(timeout=5.0, limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
 
 
 def not_run(reason: str) -> None:
@@ -126,7 +130,7 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path, deadl
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
+            if HTTP.get(url + path, timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -186,7 +190,7 @@ def serve_fixture(folder: Path, function: str, *args: str, env: dict[str, str] |
 def wait_ready(server: Server, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        if httpx.get(server.url + "/v2/health/ready", timeout=2).status_code == 200:
+        if HTTP.get(server.url + "/v2/health/ready", timeout=2).status_code == 200:
             return
         time.sleep(0.05)
     raise AssertionError(f"not ready after {deadline_s}s:\n{server.output()}")
@@ -206,7 +210,7 @@ def call(server: Server, do: str = "echo", *, headers: dict[str, str] | None = N
     """One request, no inputs, to a fixture that acts on its ``do`` parameter (``behaviours``, ``hostile``);
     ``params`` are the request's parameters (``timeout`` among them: the request's own deadline)."""
     body = {"inputs": [], "parameters": {"do": do, **params}}
-    return httpx.post(server.url + INFER, json=body, headers=headers, timeout=http_timeout)
+    return HTTP.post(server.url + INFER, json=body, headers=headers, timeout=http_timeout)
 
 
 def calls_logged(log: Path) -> list[str]:
@@ -224,7 +228,7 @@ def poll(condition: Callable[[], object], what: str, deadline_s: float = 60) -> 
 
 def scrape(server: Server) -> str:
     """The service's ``/metrics`` text (open without a token)."""
-    return httpx.get(server.url + "/metrics", timeout=30).text
+    return HTTP.get(server.url + "/metrics", timeout=30).text
 
 
 def metric(text: str, name: str) -> float:

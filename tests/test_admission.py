@@ -21,6 +21,7 @@ import pytest
 from mlcomponent.errors import MLComponentError, NotReady
 from mlcomponent.runtime.admission import Admission, ServiceTime
 from mlcomponent.runtime.dataplane import DataPlane
+from tests.support import HTTP
 from tests.test_batching import Recorder, infer, run_served
 from tests.test_grpc import request, serve_grpc
 
@@ -186,7 +187,7 @@ def test_over_http_and_grpc_a_refusal_is_503_unavailable_with_retry_after(tmp_pa
         url = server.http.url + "/v2/models/test-model/infer"
 
         def post(payload: dict[str, Any]) -> httpx.Response:
-            return httpx.post(url, json=payload, timeout=120)
+            return HTTP.post(url, json=payload, timeout=120)
 
         def wait_logged(count: int) -> None:
             deadline = time.monotonic() + 60
@@ -217,7 +218,7 @@ def test_over_http_and_grpc_a_refusal_is_503_unavailable_with_retry_after(tmp_pa
         gates[1].touch()
         assert held.result().status_code == 200
         assert post(body("echo")).status_code == 200  # nothing ahead: admitted
-        metrics = httpx.get(server.http.url + "/metrics").text
+        metrics = HTTP.get(server.http.url + "/metrics").text
         assert 'mlcomponent_refusals_total{reason="queue_wait"} 3.0' in metrics
         assert "mlcomponent_queue_wait_seconds_count" in metrics
         assert len(log.read_text().splitlines()) == 3  # the refused requests never ran

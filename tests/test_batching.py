@@ -27,7 +27,7 @@ from mlcomponent.runtime.health import State
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import ServeOptions, Settings
 from mlcomponent.spec.docstring import DocstringSpecError, parse_docstring
-from tests.support import deadline_us, run_cli, serve_fixture, wait_ready, write_manifest
+from tests.support import HTTP, deadline_us, run_cli, serve_fixture, wait_ready, write_manifest
 
 
 class Recorder(Metrics):
@@ -252,9 +252,9 @@ def test_batching_with_several_http_workers_over_http(tmp_path: Path) -> None:
         answers = asyncio.run(main())
         assert [a.status_code for a in answers] == [200] * 24
         assert [a.json()["outputs"][0]["data"] for a in answers] == [[i, i + 1] for i in range(24)]
-        batching = httpx.get(server.url + "/v2/models/test-model").json()["parameters"]["batching"]
+        batching = HTTP.get(server.url + "/v2/models/test-model").json()["parameters"]["batching"]
         assert batching == {"max_batch_size": 8, "max_batch_delay_ms": 1000, "data": "lists"}  # the docstring's
-        metrics = httpx.get(server.url + "/metrics").text
+        metrics = HTTP.get(server.url + "/metrics").text
         count = next(line for line in metrics.splitlines() if line.startswith("mlcomponent_batch_size_count"))
         sent = next(line for line in metrics.splitlines() if line.startswith("mlcomponent_batch_size_sum"))
         assert float(sent.split()[1]) == 24 and 1 <= float(count.split()[1]) <= 24

@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import orjson
 import psutil
 import pytest
 
 from tests.conftest import S3Endpoint
-from tests.support import ROOT, Server, serve, serve_fixture, wait_ready, write_manifest
+from tests.support import HTTP, ROOT, Server, serve, serve_fixture, wait_ready, write_manifest
 
 DIGITS = ROOT / "examples" / "digits"
 IRIS = ROOT / "examples" / "iris"
@@ -407,5 +406,5 @@ def test_model_path_resolves_through_an_s3_mount(s3: S3Endpoint, tmp_path: Path)
     s3.client.put_object(Bucket="models", Key="m/model.bin", Body=b"weights v1")
     manifest = write_manifest(tmp_path, "read_model.inference")
     with serve(manifest, "--boxes", str(boxes), data_root=tmp_path / "data", env=s3.server_env) as server:
-        answer = httpx.post(server.url + INFER, json={"inputs": []}).json()
+        answer = HTTP.post(server.url + INFER, json={"inputs": []}).json()
     assert answer["outputs"][0]["data"] == ["weights v1"]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +28,7 @@ from open_inference.grpc.service import GRPCInferenceServiceStub
 
 from mlcomponent import client as mc
 from tests.support import (
+    HTTP,
     Server,
     calls_logged,
     deadline_us,
@@ -199,7 +199,7 @@ def test_errors_are_their_grpc_codes_with_the_rest_messages(echo: GrpcServer, bo
     assert error.code() == code
     rest_body = {"inputs": [{"name": n, "datatype": t, "shape": s, "data": d} for n, t, s, d in inputs],
                  "parameters": body.get("parameters", {})}
-    rest = httpx.post(f"{echo.http.url}/v2/models/{body.get('model', MODEL)}/infer", json=rest_body)
+    rest = HTTP.post(f"{echo.http.url}/v2/models/{body.get('model', MODEL)}/infer", json=rest_body)
     assert rest.status_code in (400, 404) and error.details() == rest.json()["error"]
 
 
@@ -398,7 +398,7 @@ def test_file_keys_in_and_out_over_grpc(tmp_path: Path) -> None:
         key = raw_output(response, "copy")[0]
         assert (box / key).read_bytes() == b"hello over grpc"
         assert raw_output(response, "content_type") == ["text/plain"]  # guessed from the key's name
-        downloaded = httpx.get(server.http.url + copy.parameters["path"].string_param)
+        downloaded = HTTP.get(server.http.url + copy.parameters["path"].string_param)
         assert downloaded.content == b"hello over grpc"
         with mc.Client(f"grpc://{server.target}/{MODEL}", http_url=server.http.url) as client:
             result = client.infer([{"name": "doc", "datatype": "FILE", "shape": [1], "data": ["users/alice/notes.txt"]}],

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Server, call, deadline_us, poll, restarts, serve, wait_ready, write_manifest
+from tests.support import HTTP, Server, call, deadline_us, poll, restarts, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 TOKEN = "t0ken-for-tests"
@@ -38,7 +38,7 @@ def test_an_object_the_server_cannot_read_fails_only_its_call(hostile: Server) -
     message = response.json()["error"]
     assert "inference output 'y'" in message and "hostile.OnlyHere" in message and "cannot read back" in message
     assert call(hostile, headers=AUTH).status_code == 200  # the pipe goes on: no hang
-    assert httpx.get(hostile.url + "/v2/health/ready").status_code == 200
+    assert HTTP.get(hostile.url + "/v2/health/ready").status_code == 200
 
 
 def test_numpy_at_any_depth_becomes_plain_values(hostile: Server) -> None:
@@ -118,7 +118,7 @@ def test_a_hung_worker_whose_child_holds_its_pipes_is_replaced(tmp_path: Path) -
                    data_root=tmp_path / "data") as server:
             response = call(server, "escape", pidfile=str(pidfile))
             assert response.status_code == 504, response.text
-            poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+            poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
             assert call(server).status_code == 200
     finally:
         if pidfile.exists():
@@ -168,15 +168,15 @@ def test_readiness_is_503_while_a_worker_stuck_past_its_deadline_is_replaced(tmp
                env={"IMPORT_GATE": str(gate)}) as server:
         wait_ready(server)
         assert call(server, "sleep", seconds=60).status_code == 504
-        assert httpx.get(server.url + "/v2/health/ready").status_code == 503  # the new worker waits at import
-        assert httpx.get(server.url + "/v2/models/test-model/ready").status_code == 503
+        assert HTTP.get(server.url + "/v2/health/ready").status_code == 503  # the new worker waits at import
+        assert HTTP.get(server.url + "/v2/models/test-model/ready").status_code == 503
         with httpx.Client(base_url=server.url, timeout=60) as client:
             import concurrent.futures
 
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(client.post, INFER, json={"inputs": [], "parameters": {"do": "echo"}})
                 gate.touch()
-                poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+                poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
                 assert waiting.result().status_code == 200
 
 
@@ -197,10 +197,10 @@ def test_no_isolate_a_client_deadline_ends_only_its_wait(in_process: tuple[Serve
     gate = tmp_path / "gate"
     response = call(server, "gate", path=str(gate), timeout=deadline_us(0.5), tag="impatient")
     assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert HTTP.get(server.url + "/v2/health/ready").status_code == 200
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         innocent = pool.submit(call, server, "echo", tag="innocent")
-        poll(lambda: "mlcomponent_requests_queued 1.0" in httpx.get(server.url + "/metrics").text, "queued")
+        poll(lambda: "mlcomponent_requests_queued 1.0" in HTTP.get(server.url + "/metrics").text, "queued")
         gate.touch()
         assert innocent.result().status_code == 200
     assert log.read_text().splitlines()[-2:] == ["gate impatient", "echo innocent"]
@@ -214,12 +214,12 @@ def test_no_isolate_a_call_past_the_services_timeout_keeps_the_service_unready_u
         wait_ready(server)
         response = call(server, "gate", path=str(gate))
         assert response.status_code == 504 and "cannot be stopped" in response.json()["error"]
-        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
+        poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
         refused = call(server)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "still running" in refused.json()["error"]
         gate.touch()
-        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
+        poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 200, "ready after the call returned")
         assert call(server).status_code == 200
 
 
@@ -238,7 +238,7 @@ def test_no_isolate_back_pressure_refuses_past_max_queue(in_process: tuple[Serve
         running = pool.submit(call, server, "gate", path=str(gate), tag="running")
         poll(lambda: log.exists() and "gate running" in log.read_text(), "the first call runs")
         queued = pool.submit(call, server, "echo", tag="queued")
-        poll(lambda: "mlcomponent_requests_queued 1.0" in httpx.get(server.url + "/metrics").text, "one queued")
+        poll(lambda: "mlcomponent_requests_queued 1.0" in HTTP.get(server.url + "/metrics").text, "one queued")
         refused = call(server, tag="refused")
         assert refused.status_code == 503 and "already waiting (--max-queue 1)" in refused.json()["error"]
         gate.touch()
@@ -249,5 +249,5 @@ def test_no_isolate_back_pressure_refuses_past_max_queue(in_process: tuple[Serve
 def test_no_isolate_a_crash_takes_the_process_down(tmp_path: Path) -> None:
     with serve(write_manifest(tmp_path, "behaviours.inference"), "--no-isolate", data_root=tmp_path / "data") as server:
         with pytest.raises(httpx.TransportError):
-            httpx.post(server.url + INFER, json={"inputs": [], "parameters": {"do": "exit"}}, timeout=30)
+            HTTP.post(server.url + INFER, json={"inputs": [], "parameters": {"do": "exit"}}, timeout=30)
         assert server.process.wait(timeout=30) != 0

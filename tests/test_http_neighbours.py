@@ -23,7 +23,7 @@ import pytest
 
 from mlcomponent.http.connections import BODY_GRACE
 from tests.conftest import S3_ENV, S3Endpoint
-from tests.support import Server, free_port, serve, stop_group, wait_until_live, write_manifest
+from tests.support import HTTP, Server, free_port, serve, stop_group, wait_until_live, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -123,7 +123,7 @@ def test_too_many_headers_get_431(plain: Server, count: int) -> None:
 
 def test_an_ordinary_request_with_many_small_headers_is_served(plain: Server) -> None:
     headers = {f"x-h{i}": "v" * 100 for i in range(90)}
-    assert httpx.post(plain.url + INFER, json=SMALL, headers=headers, timeout=60).status_code == 200
+    assert HTTP.post(plain.url + INFER, json=SMALL, headers=headers, timeout=60).status_code == 200
 
 
 # --------------------------------------------------------------------------- the memory budget
@@ -317,7 +317,7 @@ def test_an_upload_to_a_slow_disk_does_not_stall_other_clients(tmp_path: Path) -
     with serve(write_manifest(tmp_path, "files_echo.inference"), data_root=tmp_path / "data", env=env) as server:
         content = os.urandom(3 * MB)
         with ThreadPoolExecutor(1) as pool:
-            upload = pool.submit(lambda: httpx.post(server.url + INFER, files={"doc": ("a.bin", content)},
+            upload = pool.submit(lambda: HTTP.post(server.url + INFER, files={"doc": ("a.bin", content)},
                                                     data={"request": '{"outputs": [{"name": "size"}]}'},
                                                     timeout=120))
             reached = Path(str(gate) + ".reached")
@@ -326,8 +326,8 @@ def test_an_upload_to_a_slow_disk_does_not_stall_other_clients(tmp_path: Path) -
                 assert time.monotonic() < deadline and not upload.done(), "the upload never reached the disk"
                 time.sleep(0.02)
             for _ in range(5):  # the disk is stuck now; the event loop must not be
-                assert httpx.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
-                assert httpx.get(server.url + f"/v2/models/{MODEL}", timeout=10).status_code == 200
+                assert HTTP.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
+                assert HTTP.get(server.url + f"/v2/models/{MODEL}", timeout=10).status_code == 200
             assert not upload.done()
             gate.touch()
             answer = upload.result()
@@ -343,12 +343,12 @@ def test_a_client_chosen_html_output_is_downloaded_as_an_attachment_with_nosniff
     (inbox / "page.txt").write_text("<script>alert(1)</script>")
     with serve(write_manifest(tmp_path, "files_echo.inference"), data_root=tmp_path / "data") as server:
         def download(kind: str) -> httpx.Response:
-            answer = httpx.post(server.url + INFER, timeout=60, json={
+            answer = HTTP.post(server.url + INFER, timeout=60, json={
                 "inputs": [{"name": "doc", "datatype": "FILE", "shape": [1], "data": "inbox/page.txt"}],
                 "outputs": [{"name": "copy", "parameters": {"datatype": "FILE", "content_type": kind}}]})
             assert answer.status_code == 200, answer.text[:300]
             key = answer.json()["outputs"][0]["data"][0]
-            return httpx.get(f"{server.url}/v2/models/{MODEL}/files/{key}", timeout=60)
+            return HTTP.get(f"{server.url}/v2/models/{MODEL}/files/{key}", timeout=60)
 
         page, text = download("text/html"), download("text/plain")
     assert page.status_code == 200 and page.content == b"<script>alert(1)</script>"
@@ -393,11 +393,11 @@ def test_a_full_disk_is_507_naming_no_path_and_other_clients_are_served(tmp_path
     with small_disk(tmp_path) as (disk, env), serve(write_manifest(tmp_path, "files_echo.inference"),
                                                     data_root=disk / "data", env=env) as server:
         with ThreadPoolExecutor(1) as pool:
-            attack = pool.submit(lambda: httpx.post(server.url + INFER, files={"doc": ("big.bin", b"\0" * 20 * MB)},
+            attack = pool.submit(lambda: HTTP.post(server.url + INFER, files={"doc": ("big.bin", b"\0" * 20 * MB)},
                                                     timeout=120))
-            probes = [httpx.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
+            probes = [HTTP.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
             full = attack.result()
-        small = httpx.post(server.url + INFER, files={"doc": ("a.txt", b"hello")}, timeout=60)
+        small = HTTP.post(server.url + INFER, files={"doc": ("a.txt", b"hello")}, timeout=60)
         paths = [str(disk), str(tmp_path), "/tmp/"]
     assert full.status_code == 507, full.text[:300]
     assert "disk space" in full.json()["error"]
@@ -426,11 +426,11 @@ def test_s3_down_is_503_naming_neither_endpoint_nor_bucket(tmp_path: Path) -> No
                    "outputs": [{"name": "size"}]}
         with serve(write_manifest(tmp_path, "files_echo.inference"), "--boxes", str(boxes),
                    data_root=tmp_path / "data", env=endpoint.server_env) as server:
-            assert httpx.post(server.url + INFER, json=request, timeout=60).status_code == 200
+            assert HTTP.post(server.url + INFER, json=request, timeout=60).status_code == 200
             stop_group(moto)
             with ThreadPoolExecutor(1) as pool:
-                attack = pool.submit(lambda: httpx.post(server.url + INFER, json=request, timeout=120))
-                probes = [httpx.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
+                attack = pool.submit(lambda: HTTP.post(server.url + INFER, json=request, timeout=120))
+                probes = [HTTP.get(server.url + "/v2/health/ready", timeout=60).status_code for _ in range(10)]
                 down = attack.result()
     finally:
         stop_group(moto)

@@ -48,7 +48,7 @@ from tests.k8s import (
     node_prerequisites,
     operator,
 )
-from tests.support import ROOT, not_run, run_cli
+from tests.support import HTTP, ROOT, not_run, run_cli
 
 pytestmark = pytest.mark.timeout(900)
 NAMESPACE = "pu-e2e-iris"
@@ -257,7 +257,7 @@ class RequestLoop:
             if now > self.max_seconds:
                 return
             try:
-                response = httpx.post(self.url, json=self.body, timeout=10, headers={"Connection": "close"})
+                response = HTTP.post(self.url, json=self.body, timeout=10, headers={"Connection": "close"})
                 if response.status_code == 200:
                     self.answers.append((now, labels(response)[0]))
                 else:
@@ -442,7 +442,7 @@ def test_the_operator_that_did_it_is_the_installed_one(platform: Platform, compo
 def test_infer_through_the_pod_ip_and_the_cluster_ip(platform: Platform, components: None) -> None:
     urls = [f"http://{p['status']['podIP']}:8080" for p in pods(platform.cluster, CLASSIFIER)]
     for url in [*urls, service_url(platform.cluster, CLASSIFIER)]:
-        response = httpx.post(f"{url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), timeout=30)
+        response = HTTP.post(f"{url}/v2/models/{CLASSIFIER}/infer", json=infer_body(), timeout=30)
         assert labels(response) == ["setosa", "virginica"], f"through {url}"
 
 

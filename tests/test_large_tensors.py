@@ -8,14 +8,13 @@ import struct
 import sys
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
 from mlcomponent.protocol import binary
 from mlcomponent.protocol.packed import Packed, bounds, function_data, nonfinite_index, pack_outputs, packed_problem
 from mlcomponent.runtime.frames import FLAG, HEADER, frame, frame_end, load_frame, read_frame, write_frame
-from tests.support import Server, serve_fixture, wait_ready
+from tests.support import HTTP, Server, serve_fixture, wait_ready
 
 BLOCK_NUMPY = '''import sys
 
@@ -139,7 +138,7 @@ def test_a_million_fp32_values_round_trip_in_binary_exactly(echo: Server) -> Non
     wait_ready(echo)
     values = [float(i) * 0.5 for i in range(1_000_000)]
     raw, headers = binary_request("x", "f", values, outputs=["x"])
-    answer = httpx.post(echo.url + "/v2/models/test-model/infer", content=raw, headers=headers, timeout=120)
+    answer = HTTP.post(echo.url + "/v2/models/test-model/infer", content=raw, headers=headers, timeout=120)
     assert answer.status_code == 200, answer.text
     split = int(answer.headers["inference-header-content-length"])
     assert answer.content[split:] == raw[len(raw) - 4 * len(values):]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, Server, serve, write_manifest
+from tests.support import HTTP, ROOT, Server, serve, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -288,7 +288,7 @@ def test_a_request_line_the_parser_refuses_is_a_400(server: Server) -> None:
 
 def test_the_corpus_left_the_service_ready_with_no_request_folders_and_no_uploads(server: Server) -> None:
     """Runs after the corpus (module order): still ready, and every refused request cleaned up after itself."""
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert HTTP.get(server.url + "/v2/health/ready").status_code == 200
     files_root = server.data_root / "files" / "nonexistent" / "mlc" / "tmp"
     assert not files_root.exists() or list(files_root.iterdir()) == []
     kept = server.data_root / "boxes" / "users" / "mlcomponent"

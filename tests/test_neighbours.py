@@ -22,6 +22,7 @@ import pytest
 
 from mlcomponent.errors import MLComponentError
 from mlcomponent.runtime.dataplane import DataPlane
+from tests.support import HTTP
 from tests.test_batching import Recorder, calls, infer, rows_body, run_served
 from tests.test_grpc import GrpcServer, raw_output, request, serve_grpc
 
@@ -69,7 +70,7 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float = 60) ->
 
 
 def queued(server: GrpcServer) -> float:
-    for line in httpx.get(server.http.url + "/metrics").text.splitlines():
+    for line in HTTP.get(server.http.url + "/metrics").text.splitlines():
         if line.startswith("mlcomponent_requests_queued "):
             return float(line.split()[-1])
     return 0.0
@@ -81,7 +82,7 @@ def test_attackers_over_rest_and_grpc_fail_alone_under_hide_errors(tmp_path: Pat
     with serve_grpc(tmp_path, "batched.poisonable", "--hide-errors", env={"BATCH_LOG": str(log)}) as server, \
             ThreadPoolExecutor(16) as pool:
         def rest(first: float) -> httpx.Response:
-            return httpx.post(server.http.url + url, json=rows_body([[first, SECRET if first < 0 else first]]),
+            return HTTP.post(server.http.url + url, json=rows_body([[first, SECRET if first < 0 else first]]),
                               timeout=120)
 
         def over_grpc(first: float) -> Any:
@@ -91,7 +92,7 @@ def test_attackers_over_rest_and_grpc_fail_alone_under_hide_errors(tmp_path: Pat
             except grpc.RpcError as error:
                 return error
 
-        held = pool.submit(lambda: httpx.post(server.http.url + url, timeout=120,
+        held = pool.submit(lambda: HTTP.post(server.http.url + url, timeout=120,
                                               json=rows_body([[0.0, 0.0]], gate=str(gate))))
         wait_until(lambda: calls(log) == [1], "the gated call to run")
         innocent_rest = [pool.submit(rest, float(i)) for i in range(1, 7)]

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from open_inference.grpc import protocol as pb
 
 from tests.support import (
+    HTTP,
     call,
     calls_logged,
     deadline_us,
@@ -113,7 +113,7 @@ def test_a_deadline_passing_while_the_call_runs_answers_only_that_client(shared:
         else:
             assert answered[0] == grpc.StatusCode.DEADLINE_EXCEEDED and "discarded" in answered[1]
         assert not innocent.done()  # queued behind the call that still runs (the gate is shut)
-        assert httpx.get(server.http.url + "/v2/health/ready").status_code == 200
+        assert HTTP.get(server.http.url + "/v2/health/ready").status_code == 200
         gate.touch()
         assert innocent.result().status_code == 200
     assert restarts(server.http) == before
@@ -150,8 +150,8 @@ def test_a_worker_that_cannot_come_back_says_so_and_comes_back_when_it_can(tmp_p
         wait_ready(server)
         fault.touch()  # the next import fails: the restart cannot load the module
         assert call(server, "oom").status_code == 500
-        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
-        ready = httpx.get(server.url + "/v2/health/ready").json()
+        poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 503, "not ready")
+        ready = HTTP.get(server.url + "/v2/health/ready").json()
         assert ready["ready"] is False and "could not be restarted" in ready["reason"]
         assert "mount" not in ready["reason"]  # the log has the details; clients get no internals
         refused = call(server, "echo")
@@ -162,7 +162,7 @@ def test_a_worker_that_cannot_come_back_says_so_and_comes_back_when_it_can(tmp_p
         assert "could not be restarted" in dict(rpc_call.trailing_metadata())["mlcomponent-not-ready-reason"]
         assert rpc(grpc_server, "echo")[0] == grpc.StatusCode.UNAVAILABLE
         fault.unlink()  # the mount is back: the next attempt succeeds
-        poll(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
+        poll(lambda: HTTP.get(server.url + "/v2/health/ready").status_code == 200, "ready again")
         assert call(server, "echo").status_code == 200
         assert grpc_server.stub.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready is True
     assert "restarting the worker for test-model failed" in server.output()
@@ -181,7 +181,7 @@ def test_a_restart_after_a_memory_kill_measures_the_new_worker_only(tmp_path: Pa
             assert killed.status_code == 500 and "memory limit" in killed.json()["error"]
             assert [i.result().status_code for i in innocents] == [200] * 6
         assert call(server, "echo").status_code == 200
-        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        assert HTTP.get(server.url + "/v2/health/ready").status_code == 200
 
 
 def resident(pid: int) -> int:
@@ -289,7 +289,7 @@ def test_deadlines_over_on_arrival_with_batching_on(tmp_path: Path) -> None:
             attacker = index % 2 == 0
             body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[index, 1]]}],
                     "parameters": {"timeout": 1} if attacker else {}}
-            answer = httpx.post(server.url + f"/v2/models/{MODEL}/infer", json=body, timeout=60)
+            answer = HTTP.post(server.url + f"/v2/models/{MODEL}/infer", json=body, timeout=60)
             if not attacker and answer.status_code == 200:
                 assert answer.json()["outputs"][0]["data"] == [index, 1]
             return attacker, answer.status_code

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from open_inference.grpc import protocol as pb
 
+from tests.support import HTTP
 from tests.test_grpc import GrpcServer, request, serve_grpc
 
 NOTES = "users/alice/notes.txt"
@@ -53,6 +53,6 @@ def test_a_failed_rest_request_leaves_no_outputs_in_the_box(server: GrpcServer) 
             "outputs": [{"name": "copy", "parameters": {"datatype": "FILE"}},
                         {"name": "second", "parameters": {"datatype": "FILE"}}],
             "parameters": {"mode": "escape_second"}}
-    failed = httpx.post(server.http.url + "/v2/models/test-model/infer", json=body, timeout=60)
+    failed = HTTP.post(server.http.url + "/v2/models/test-model/infer", json=body, timeout=60)
     assert failed.status_code == 500 and "second" in failed.json()["error"]
     assert stored(server) == before

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import S3Endpoint
-from tests.support import poll, serve, write_manifest
+from tests.support import HTTP, poll, serve, write_manifest
 
 MODEL = "test-model"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -20,7 +20,7 @@ ORPHAN = "0123456789abcdef0123456789abcdef"  # named like a request folder
 
 def upload(url: str, mode: str = "normal") -> httpx.Response:
     request = REQUEST if mode == "normal" else REQUEST[:-1] + f', "parameters": {{"mode": "{mode}"}}}}'
-    return httpx.post(url + INFER, data={"request": request},
+    return HTTP.post(url + INFER, data={"request": request},
                       files={"doc": ("report.txt", b"kept for a while", "text/plain")}, timeout=60)
 
 
@@ -48,14 +48,14 @@ def test_local_box_keeps_files_for_keep_files_and_refuses_what_it_did_not_write(
         uploaded = kept.json()["parameters"]["uploaded_files"]["doc"]
         assert sorted(local_keys(data)) == sorted([uploaded, output["data"][0]])
         forged = output["data"][0].replace("/outputs/", "/outputs/x")
-        assert httpx.get(f"{server.url}/v2/models/{MODEL}/files/{forged}").status_code == 404
-        assert httpx.get(f"{server.url}/v2/models/{MODEL}/files/{uploaded}").status_code == 404
+        assert HTTP.get(f"{server.url}/v2/models/{MODEL}/files/{forged}").status_code == 404
+        assert HTTP.get(f"{server.url}/v2/models/{MODEL}/files/{uploaded}").status_code == 404
         stale = files_root / ("f" * 32)
         stale.mkdir()
         os.utime(stale, (time.time() - 3600, time.time() - 3600))
         poll(lambda: local_keys(data) == [], "uploads and outputs removed after --keep-files")
         poll(lambda: not stale.exists(), "an old request folder removed by the sweeper")
-        assert httpx.get(output["parameters"]["url"]).status_code == 404
+        assert HTTP.get(output["parameters"]["url"]).status_code == 404
         assert not (data / "boxes" / "users" / "mlcomponent" / MODEL).exists(), "empty folders were left behind"
     assert "retention (--keep-files 4s): removed" in server.output()
 
@@ -66,7 +66,7 @@ def test_download_links_survive_a_restart(tmp_path: Path) -> None:
         url = {o["name"]: o for o in upload(server.url).json()["outputs"]}["copy"]["parameters"]["url"]
         port = server.url.rsplit(":", 1)[1]
     with serve(manifest, data_root=tmp_path / "data") as again:  # the secret stays in data-root/files.key
-        response = httpx.get(url.replace(f":{port}/", f":{again.url.rsplit(':', 1)[1]}/"))
+        response = HTTP.get(url.replace(f":{port}/", f":{again.url.rsplit(':', 1)[1]}/"))
         assert response.status_code == 200 and response.content == b"kept for a while"
 
 

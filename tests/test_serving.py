@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.support import (
+    HTTP,
     Server,
     call,
     calls_logged,
@@ -94,7 +95,7 @@ def test_a_worker_that_exits_fails_only_its_request(isolated: tuple[Server, Path
         dying = pool.submit(call, server, "gate_then_exit", path=str(gate), tag="dies")
         poll(lambda: "gate_then_exit dies" in calls_logged(log), "the dying call to start")
         normal = pool.submit(call, server, "echo", tag="neighbour")
-        poll(lambda: metric(httpx.get(server.url + "/metrics").text, "mlcomponent_requests_queued") == 1,
+        poll(lambda: metric(HTTP.get(server.url + "/metrics").text, "mlcomponent_requests_queued") == 1,
              "the neighbour to be queued behind it")
         gate.touch()
         died, survived = dying.result(), normal.result()
@@ -130,7 +131,7 @@ def test_a_killed_worker_is_a_500_and_comes_back(isolated: tuple[Server, Path], 
     assert response.status_code == 500
     assert f"killed by {signal_name}" in response.json()["error"]
     assert call(server).status_code == 200
-    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+    assert HTTP.get(server.url + "/v2/health/live").status_code == 200
 
 
 def test_full_queue_is_503_with_retry_after(tmp_path: Path) -> None:
@@ -142,7 +143,7 @@ def test_full_queue_is_503_with_retry_after(tmp_path: Path) -> None:
             first = pool.submit(call, server, "gate", path=str(gate))
             poll(lambda: calls_logged(log), "the first call to start")
             second = pool.submit(call, server, "echo")
-            poll(lambda: "mlcomponent_requests_queued 1.0" in httpx.get(server.url + "/metrics").text, "one queued")
+            poll(lambda: "mlcomponent_requests_queued 1.0" in HTTP.get(server.url + "/metrics").text, "one queued")
             third = call(server, "echo")
             assert third.status_code == 503 and third.headers["retry-after"] == "1"
             assert "already waiting (--max-queue 1)" in third.json()["error"]
@@ -183,14 +184,14 @@ def test_binary_str_and_mixed_json_and_binary_outputs(echo: Server) -> None:
 def test_binary_nan_is_refused_by_default(echo: Server) -> None:
     header = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}'
     body = header + np.array([1, np.nan], dtype=np.float32).tobytes()
-    response = httpx.post(echo.url + INFER, content=body,
+    response = HTTP.post(echo.url + INFER, content=body,
                           headers={"Inference-Header-Content-Length": str(len(header))})
     assert response.status_code == 400 and "must be finite" in response.json()["error"]
 
 
 def test_binary_size_mismatch_is_a_clear_400(echo: Server) -> None:
     header = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":12}}]}'
-    response = httpx.post(echo.url + INFER, content=header + b"\0" * 8,
+    response = HTTP.post(echo.url + INFER, content=header + b"\0" * 8,
                           headers={"Inference-Header-Content-Length": str(len(header))})
     assert response.status_code == 400 and "runs past the end of the body" in response.json()["error"]
 
@@ -226,7 +227,7 @@ def test_sigterm_drains_the_in_flight_request_answers_not_ready_meanwhile_and_ex
         assert second.endswith(b'{"ready":false}'), replies[-300:]
         assert server.process.wait(timeout=30) == 0
         with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url + "/v2/health/live", timeout=2)
+            HTTP.get(server.url + "/v2/health/live", timeout=2)
 
 
 def read_response(sock: socket.socket) -> bytes:
@@ -271,7 +272,7 @@ def test_a_body_over_the_limit_is_413_while_reading(tmp_path: Path) -> None:
             reply = read_response(sock)
         assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
         assert b"--max-json-body" in reply
-        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        assert HTTP.get(server.url + "/v2/health/ready").status_code == 200
         growth = peak_rss(server.process.pid) - before
     assert growth < 20 * MB, f"peak RSS grew by {growth / MB:.1f} MB for over-limit bodies"
 
@@ -280,12 +281,12 @@ def test_limits_on_inputs_and_elements(tmp_path: Path) -> None:
     with serve(write_manifest(tmp_path, "echo.inference"), "--max-elements", "10",
                data_root=tmp_path / "data") as server:
         many = {"inputs": [{"name": f"x{i}", "datatype": "INT32", "shape": [1], "data": [1]} for i in range(65)]}
-        response = httpx.post(server.url + INFER, json=many)
+        response = HTTP.post(server.url + INFER, json=many)
         assert response.status_code == 400 and "over the limit of 64 (--max-inputs)" in response.json()["error"]
         fits = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [10], "data": list(range(10))}]}
-        assert httpx.post(server.url + INFER, json=fits).status_code == 200
+        assert HTTP.post(server.url + INFER, json=fits).status_code == 200
         over = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [11], "data": list(range(11))}]}
-        response = httpx.post(server.url + INFER, json=over)
+        response = HTTP.post(server.url + INFER, json=over)
         assert response.status_code == 400
         assert response.json()["error"] == ("input 'x' has 11 elements, over the limit of 10 per input "
                                             "(--max-elements)")
@@ -394,7 +395,7 @@ def pid_of(client: httpx.Client) -> int:
 def test_several_workers_each_hold_their_own_model_and_metrics_add_up(two_workers: tuple[Server, Path]) -> None:
     server, _ = two_workers
     name = 'mlcomponent_requests_total{endpoint="infer",status="200",transport="http"}'
-    before = metric(httpx.get(server.url + "/metrics").text, name) or 0
+    before = metric(HTTP.get(server.url + "/metrics").text, name) or 0
     served: dict[int, int] = {}
     deadline = time.monotonic() + 60
     while len(served) < 2 or sum(served.values()) < 20:
@@ -402,7 +403,7 @@ def test_several_workers_each_hold_their_own_model_and_metrics_add_up(two_worker
         with httpx.Client(base_url=server.url, timeout=60) as client:  # a new connection may land on either
             pid = pid_of(client)
             served[pid] = served.get(pid, 0) + 1
-    total = (metric(httpx.get(server.url + "/metrics").text, name) or 0) - before
+    total = (metric(HTTP.get(server.url + "/metrics").text, name) or 0) - before
     assert total == sum(served.values()), served  # every request of both workers, exactly
     assert total > max(served.values())  # more than either worker served: the scrape summed both
 

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -24,7 +23,7 @@ from mlcomponent.ship.build import build_command, find_engine, push_command
 from mlcomponent.ship.deploy import outcome, summary, view
 from mlcomponent.ship.upload import expected_etag
 from tests.conftest import S3_ENV, S3Endpoint, boxes_file
-from tests.support import ROOT, free_port, run_cli, serve
+from tests.support import HTTP, ROOT, free_port, run_cli, serve
 
 IRIS = ROOT / "examples" / "iris"
 
@@ -270,7 +269,7 @@ def test_upload_names_an_unset_credentials_variable(module: Path, s3: S3Endpoint
 
 def test_the_metadata_reports_the_model_content_the_pod_was_made_for(module: Path) -> None:
     with serve(module / "mlcomponent.yaml", env={"MLCOMPONENT_MODEL_VERSION": "0123abcd4567ef89"}) as server:
-        metadata = httpx.get(f"{server.url}/v2/models/scorer", timeout=10).json()
+        metadata = HTTP.get(f"{server.url}/v2/models/scorer", timeout=10).json()
     assert metadata["parameters"]["model_version"] == "0123abcd4567ef89"
 
 

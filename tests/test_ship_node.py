@@ -46,7 +46,7 @@ from tests.k8s import (
     node_prerequisites,
     operator,
 )
-from tests.support import ROOT, free_port, not_run, stop_group, wait_until_live
+from tests.support import HTTP, ROOT, free_port, not_run, stop_group, wait_until_live
 
 pytestmark = pytest.mark.timeout(1500)
 NAMESPACE = "pu-ship-node"
@@ -277,7 +277,7 @@ class RequestLoop:
             if now - self.started > self.max_seconds:
                 return
             try:
-                response = httpx.post(self.url, json=BODY, timeout=10, headers={"Connection": "close"})
+                response = HTTP.post(self.url, json=BODY, timeout=10, headers={"Connection": "close"})
                 if response.status_code == 200:
                     self.answers.append((now, score(response)))
                 else:
@@ -319,7 +319,7 @@ def test_build_push_upload_deploy_and_infer(shipyard: Shipyard) -> None:
     image_id = next(s["imageID"] for s in pod["status"]["containerStatuses"] if s["name"] == "inference")
     assert image_id.startswith(f"{yard.image.rsplit(':', 1)[0]}@sha256:"), f"not pulled from the registry: {image_id}"
     started = time.monotonic()
-    response = httpx.post(f"{service_url(yard.cluster)}/infer", json=BODY, timeout=60)
+    response = HTTP.post(f"{service_url(yard.cluster)}/infer", json=BODY, timeout=60)
     TIMES["first infer"] = time.monotonic() - started
     assert score(response) == 0.35
 
@@ -357,7 +357,7 @@ def test_a_new_model_reaches_the_replica_with_no_failed_request(shipyard: Shipya
     after_hash = deployment["spec"]["template"]["metadata"]["annotations"][CONTENT]
     assert after_hash != before
     [pod] = live_pods(cluster)
-    metadata = httpx.get(f"http://{pod['status']['podIP']}:8080/v2/models/{MODULE}", timeout=10).json()
+    metadata = HTTP.get(f"http://{pod['status']['podIP']}:8080/v2/models/{MODULE}", timeout=10).json()
     assert metadata["parameters"]["model_version"] == after_hash
 
 
@@ -387,14 +387,14 @@ def test_scaled_to_two_a_link_from_one_pod_is_served_by_the_other(shipyard: Ship
         assert f"  pod {pod['metadata']['name']}: ready; model {content}" in shown.stdout.splitlines(), shown.stdout
     first, second = (f"http://{p['status']['podIP']}:8080/v2/models/{MODULE}" for p in pods)
     body = {**BODY, "outputs": [{"name": "report"}]}
-    answer = httpx.post(f"{first}/infer", json=body, timeout=60)
+    answer = HTTP.post(f"{first}/infer", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
     report = next(o for o in answer.json()["outputs"] if o["name"] == "report")
     key = report["data"][0]
-    fetched = httpx.get(f"{second}/files/{key}", timeout=30)
+    fetched = HTTP.get(f"{second}/files/{key}", timeout=30)
     assert fetched.status_code == 200, f"{fetched.status_code}: {fetched.text}"
     assert fetched.text == "7.0\n"
     parts = key.split("/")
     parts[-2] = parts[-2][:-1] + ("1" if parts[-2][-1] == "0" else "0")  # <request-id>-<signature>
-    forged = httpx.get(f"{second}/files/{'/'.join(parts)}", timeout=30)
+    forged = HTTP.get(f"{second}/files/{'/'.join(parts)}", timeout=30)
     assert forged.status_code == 404, "a key that is not signed with the component's secret was served"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.support import Server, run_cli, serve, wait_ready, write_manifest
+from tests.support import HTTP, Server, run_cli, serve, wait_ready, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 
@@ -44,20 +43,20 @@ def x_input(data: object = None, shape: list[int] | None = None, datatype: str =
 )
 def test_requests_that_break_the_spec_are_400_naming_the_field(full: Server, body: dict[str, object],
                                                                needle: str) -> None:
-    response = httpx.post(full.url + INFER, json=body)
+    response = HTTP.post(full.url + INFER, json=body)
     assert response.status_code == 400, response.text
     assert needle in response.json()["error"]
 
 
 def test_defaults_fill_parameters_and_declared_outputs_are_requested(full: Server) -> None:
-    response = httpx.post(full.url + INFER, json={"inputs": [x_input([1.5, -2.0], [1, 2])],
+    response = HTTP.post(full.url + INFER, json={"inputs": [x_input([1.5, -2.0], [1, 2])],
                                                   "parameters": {"flag": True}})
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert set(outputs) == {"y", "seen"}  # `extra` is optional: only when asked
     assert outputs["y"]["data"] == [3.0, -4.0]
     assert outputs["seen"]["data"] == [repr([("flag", True), ("level", "low"), ("scale", 2.0)])]
-    asked = httpx.post(full.url + INFER, json={"inputs": [x_input()], "outputs": [{"name": "extra"}]}).json()
+    asked = HTTP.post(full.url + INFER, json={"inputs": [x_input()], "outputs": [{"name": "extra"}]}).json()
     assert asked["outputs"] == [{"name": "extra", "datatype": "INT32", "shape": [1], "data": [2]}]
 
 
@@ -81,7 +80,7 @@ def test_metadata_carries_the_spec_and_a_v2_client_reads_it(full: Server) -> Non
 
 def test_a_function_without_a_spec_serves_and_says_so(tmp_path: Path) -> None:
     with serve(write_manifest(tmp_path, "echo.inference"), data_root=tmp_path / "data") as server:
-        meta = httpx.get(server.url + "/v2/models/test-model").json()
+        meta = HTTP.get(server.url + "/v2/models/test-model").json()
         assert meta["inputs"] == [] and meta["parameters"]["declared"] is False
     assert "has no docstring specification" in server.output()
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import free_port, run_cli, serve, write_manifest
+from tests.support import HTTP, free_port, run_cli, serve, write_manifest
 
 
 @pytest.mark.parametrize(
@@ -33,7 +32,7 @@ def test_entry_point_problems_fail_at_start_up_with_the_reason(tmp_path: Path, f
 def test_spec_env_is_applied_before_the_module_is_imported(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, "env_reader.inference", env={"GREETING": "hello from the manifest"})
     with serve(manifest, data_root=tmp_path / "data") as server:
-        answer = httpx.post(server.url + "/v2/models/test-model/infer", json={"inputs": []}).json()
+        answer = HTTP.post(server.url + "/v2/models/test-model/infer", json={"inputs": []}).json()
     assert answer["outputs"][0]["data"] == ["hello from the manifest"]
 
 

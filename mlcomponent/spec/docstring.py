@@ -30,7 +30,6 @@ from typing import Any
 
 import yaml
 
-from mlcomponent.yamlsafe import MAX_NODES, expanded_size
 from mlcomponent.spec.model import (
     DATATYPE_ALIASES,
     DATATYPES,
@@ -40,6 +39,7 @@ from mlcomponent.spec.model import (
     ParameterSpec,
     TensorSpec,
 )
+from mlcomponent.yamlsafe import MAX_NODES, expanded_size
 
 SECTION_NAMES = ("inputs", "outputs", "parameters", "example", "batching")
 BATCHING_KEYS = ("max_batch_size", "max_batch_delay", "data")
