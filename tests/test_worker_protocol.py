@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import pickle
+import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
 
+from mlcomponent.errors import EntryPointError
 from mlcomponent.protocol.packed import Packed
 from mlcomponent.runtime.frames import WorkerConfig, frame, load_frame
 from mlcomponent.runtime.isolated import ProcessRunner, WorkerState, read_message
 from mlcomponent.runtime.messages import AllowList, BadReturn, Done, Ready, Refused
 from mlcomponent.spec.model import FunctionSpec, TensorSpec
+from tests.support import ENTRYPOINTS
 
 
 class Runs:
@@ -66,3 +72,27 @@ def test_worker_states_move_only_as_declared() -> None:
     runner._move(WorkerState.CLOSED)
     with pytest.raises(RuntimeError):
         runner._move(WorkerState.STARTING)
+
+
+@pytest.mark.parametrize("function", ["no_such_module.inference", "echo.no_such_function"])
+def test_a_failed_start_leaves_no_transport_to_the_garbage_collector(function: str) -> None:
+    """``serve``'s start-up check runs in its own event loop, which ends right after a failed start;
+    a worker transport still open then would print "Event loop is closed" under the one-line error."""
+    unraisable: list[object] = []
+
+    async def start() -> None:
+        runner = ProcessRunner(WorkerConfig(str(ENTRYPOINTS), function, "", {}), "m")
+        with pytest.raises(EntryPointError):
+            await runner.start()
+        await runner.close()
+
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            asyncio.run(start())
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert [str(w.message) for w in warned] == []
+    assert unraisable == []

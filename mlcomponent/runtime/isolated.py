@@ -173,6 +173,7 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         self.buffer = bytearray()
         self.transport: Any = None  # asyncio's or uvloop's subprocess transport
         self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # exited, pipes closed
         # How this worker ends, when the runner knows better than its exit status:
         self.memory_peak: int | None = None  # over the memory limit (its own report, or our watch)
         self.retiring = False  # it said OverMemory and exits by itself: no call of its is running
@@ -227,7 +228,18 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         """The worker exited and its pipes are closed."""
         if not self.hello.done():
             self.hello.set_exception(ConnectionError("the worker exited before it loaded the function"))
+        if not self.ended.done():
+            self.ended.set_result(None)
         self.on_lost(self)
+
+    async def reap(self) -> None:
+        """Kill a worker that failed to start and wait until it is gone and its transport closed: a
+        start-up check's event loop ends right after, and a transport left to the garbage collector
+        then prints a traceback ("Event loop is closed") under the one-line error."""
+        self.kill()
+        await self.ended
+        if self.transport is not None:
+            self.transport.close()
 
     def write(self, frame: bytes) -> None:
         """Send a frame. The frames of one loop iteration go in one write: one wake-up of the worker
@@ -339,13 +351,14 @@ class ProcessRunner:
         try:
             hello = await pipe.hello
         except ConnectionError:
+            await pipe.reap()
             if pipe.memory_peak is not None:
                 how = f"went over the memory limit ({self._limit_text()}; it reached {pipe.memory_peak / memory.MB:.0f} MiB)"
             else:
                 how = self._describe_death(pipe)[0]
             raise self._start_failed(f"the worker process {how} while loading {self.config.function}") from None
         if self.state is WorkerState.CLOSED or not isinstance(hello, Ready):
-            pipe.kill()
+            await pipe.reap()
             raise self._start_failed(hello.message if isinstance(hello, (Fatal, BadReturn)) else
                                      f"the worker answered {type(hello).__name__} instead of loading the function")
         self._pipe = pipe
