@@ -17,8 +17,40 @@ import pytest
 from tests.checkout import Checkout, copy_worktree, remove_in_background
 from tests.support import Server, free_port, serve_fixture, stop_group, wait_ready, wait_until_live
 
+# The suite runs in two lanes (pytest-xdist, ``-n 2`` in pyproject.toml). A lane takes a whole file
+# (module fixtures start once) or one of these groups; the groups go first, longest first, so that the
+# node e2es (about four minutes, mostly waiting for pods) run beside everything else.
+LANE_GROUPS = {
+    "tests/test_kubernetes_node.py": "node",  # one node per machine (node.sh)
+    "tests/test_ship_node.py": "node",
+    "tests/test_docs.py": "readme",  # the README's first command makes its .venv once
+    "tests/test_cli_mistakes.py": "readme",
+}
 NOT_RUN = "not run, because "  # how tests.support.not_run words a skip
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _lane(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return LANE_GROUPS.get(path, path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The grouped files first, in LANE_GROUPS' order; the rest as collected (a stable sort)."""
+    order = {group: rank for rank, group in enumerate(dict.fromkeys(LANE_GROUPS.values()))}
+    items.sort(key=lambda item: order.get(_lane(item.nodeid), len(order)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling, a scope being a file or one of LANE_GROUPS."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _lane(nodeid)
+
+    return Lanes(config, log)
 
 
 @pytest.fixture(scope="session")
