@@ -308,10 +308,10 @@ def _fresh_metrics_dir(data_root: Path) -> Path:
 
 
 def _sync_mounts(settings: Settings) -> None:
-    """Sync S3 mounts once in the parent process, before workers start; a progress bar once bytes move."""
+    """Sync S3 mounts once in the parent process, before workers start; a progress bar once a fetch begins."""
     from mlcomponent.runtime.mounts import resolve_mounts
 
-    bar: Any = None  # rich's Progress, made on the first synced file (local boxes sync nothing)
+    bar: Any = None  # rich's Progress, made when the first fetch begins (local boxes fetch nothing)
 
     def progress(name: str, size: int) -> None:
         nonlocal bar
@@ -321,7 +321,7 @@ def _sync_mounts(settings: Settings) -> None:
             bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
             bar.start()
             bar.add_task("syncing model box", total=None)
-        bar.update(bar.task_ids[0], advance=size, description=f"synced {name}")
+        bar.update(bar.task_ids[0], advance=size, description=f"{'synced' if size else 'syncing'} {name}")
 
     try:
         resolve_mounts(settings, sync=True, progress=progress)

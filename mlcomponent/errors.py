@@ -17,6 +17,7 @@ The hierarchy, so one handler can render every one of them as ``{"error": ...}``
     │   └── MemoryLimitExceeded (500)  ... because it went over the memory limit
     ├── BoxFailed (502)             the file box (S3) refused or failed an operation
     ├── NotReady (503)              the model is not loaded yet (or overloaded)
+    │   ├── Refused (503)           admission refused it before it queued (counted, not logged)
     │   └── BoxUnavailable (503)    the file box (S3) cannot be reached
     ├── Timeout (504)               the call ran past its deadline
     └── DiskFull (507)              the service's disk (request files) is full
@@ -144,6 +145,12 @@ class NotReady(MLComponentError):
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Refused(NotReady):
+    """Refused before it queued (busy, over a deadline, not ready): counted by
+    ``mlcomponent_refusals_total{reason}`` and logged at DEBUG only, since under overload they
+    come by the thousand a second."""
 
 
 class Timeout(MLComponentError):

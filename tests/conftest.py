@@ -43,7 +43,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """xdist's scope scheduling, a scope being a file or one of LANE_GROUPS."""
+    """xdist's scope scheduling, a scope being a file or one of LANE_GROUPS (with pyproject's
+    ``--dist loadscope``; another ``--dist`` on the command line gets xdist's own)."""
+    if config.getoption("dist") != "loadscope":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Lanes(LoadScopeScheduling):  # type: ignore[misc]

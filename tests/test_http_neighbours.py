@@ -441,3 +441,5 @@ def test_s3_down_is_503_naming_neither_endpoint_nor_bucket(tmp_path: Path) -> No
     for secret in (str(port), "hidden-bucket-7", "127.0.0.1", "http"):
         assert secret not in message, message
     assert probes == [200] * 10
+    # an outage is the operator's to see: logged (only admission's refusals are just counted)
+    assert len([line for line in server.output().splitlines() if "-> 503" in line]) == 1, server.output()[-2000:]

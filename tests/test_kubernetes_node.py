@@ -282,7 +282,7 @@ class RequestLoop:
 
 
 def timeline(pod: dict[str, Any]) -> str:
-    """When each step of a pod's start happened, in seconds after it was created (printed with -s)."""
+    """When each step of a pod's start happened, in seconds after it was created (printed with -n 0 -s)."""
     import datetime
 
     def at(stamp: str) -> float:

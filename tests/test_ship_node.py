@@ -9,7 +9,7 @@ imageID names the registry. S3 is moto on the node's address, the package index 
 the init container installs mlcomponent from is served there too, and the operator runs
 as a process with a 2 s model poll. The machine-wide node lock is the one
 tests/test_kubernetes_node.py takes: one node per machine. Each step's time is printed
-(pytest -s); on a failure, test-artifacts/<test>/ gets the objects, events and logs.
+(pytest -n 0 -s: one lane, output shown); on a failure, test-artifacts/<test>/ gets the objects, events and logs.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def temporary_sibling(path: Path) -> Path:
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=".sync-")
     os.close(handle)
     return Path(name)
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, int], None]  # (file, bytes): 0 as a fetch begins, its size once it is done
 
 
 def sync_prefix(box: Box, prefix: str, cache: Path, progress: Progress | None = None) -> dict[str, int]:
@@ -40,6 +40,8 @@ def sync_prefix(box: Box, prefix: str, cache: Path, progress: Progress | None = 
             counts["kept"] += 1
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
+        if progress:
+            progress(relative, 0)  # a fetch begins (a large model takes a while)
         temporary = temporary_sibling(target)
         try:
             box.fetch(info.key, temporary)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcomponent.boxes.base import Box
-from mlcomponent.errors import BadRequest, NotFound, NotReady
+from mlcomponent.errors import BadRequest, NotFound, Refused
 from mlcomponent.options import DEFAULTS, ServeOptions
 from mlcomponent.protocol.packed import pack_checked_lists, reusing_checked_arrays
 from mlcomponent.protocol.request import decode_request
@@ -149,7 +149,7 @@ class DataPlane:
 
     def _refuse(self, refusal: Refusal) -> None:
         self.observer.refused(refusal.reason)
-        raise NotReady(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
+        raise Refused(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
 
     def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
         """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import functools
 import io
@@ -237,7 +238,8 @@ class WorkerProtocol(asyncio.SubprocessProtocol):
         start-up check's event loop ends right after, and a transport left to the garbage collector
         then prints a traceback ("Event loop is closed") under the one-line error."""
         self.kill()
-        await self.ended
+        with contextlib.suppress(TimeoutError):  # a child holding its pipes: they close after PIPE_GRACE
+            await asyncio.wait_for(asyncio.shield(self.ended), PIPE_GRACE + 1)
         if self.transport is not None:
             self.transport.close()
 

@@ -1,6 +1,6 @@
 """An error's status and message, decided once for both transports (REST renders them as
 ``{"error": ...}`` with headers, gRPC as a status code with trailers); 5xx are logged here, except
-503s (refusals and not ready), which the metrics count."""
+admission's refusals (503), which the metrics count."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mlcomponent.errors import (
     MethodNotAllowed,
     MLComponentError,
     NotReady,
+    Refused,
 )
 from mlcomponent.logs import request_id
 
@@ -59,7 +60,7 @@ def disk_full(error: Exception) -> DiskFull | None:
 
 
 def describe(error: Exception, where: str, hide_errors: bool = False) -> Failure:
-    """The ``Failure`` for any error; 5xx but 503 are logged. An unexpected error's own text (often a server
+    """The ``Failure`` for any error; 5xx but admission's refusals are logged. An unexpected error's own text (often a server
     path) goes to the log only: the client is told its type and the request id."""
     if not isinstance(error, MLComponentError):
         full = disk_full(error)
@@ -70,10 +71,10 @@ def describe(error: Exception, where: str, hide_errors: bool = False) -> Failure
         log.error("%s -> 507: %s", where, error)
         error = full
     hidden = hidden_message(error) if hide_errors else None
-    if isinstance(error, NotReady):
-        # Load shedding and not-ready answers are counted (mlcomponent_refusals_total{reason}), not logged
-        # one by one: under overload that was thousands of identical lines a second, a quarter of the cost
-        # of each refusal, just when the server has least to spare. What made it not ready is logged once.
+    if isinstance(error, Refused):
+        # Admission's refusals are counted (mlcomponent_refusals_total{reason}), not logged one by one:
+        # under overload that was thousands of identical lines a second, a quarter of the cost of each
+        # refusal, just when the server has least to spare. Other 503s (S3 down, the memory budget) are logged.
         log.debug("%s -> %s: %s", where, error.status, error.message)
     elif error.status >= 500:
         log.error("%s -> %s: %s", where, error.status, error.message)
