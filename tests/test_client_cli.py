@@ -97,6 +97,28 @@ def test_client_round_trips_strings_and_takes_a_model_url(echo: Server) -> None:
     assert result["words"].tolist() == ["héllo", "world"] and result.id == "r-1"
 
 
+def test_clients_share_one_tls_context_that_verifies_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle is 20 ms of CPU: once per process, not once per client."""
+    import ssl
+
+    import mlcomponent.client as client_module
+
+    made: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counted(*args: object, **kwargs: object) -> ssl.SSLContext:
+        made.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    client_module._tls.cache_clear()
+    for _ in range(3):
+        Client(f"http://127.0.0.1:{free_port()}").close()
+        asyncio.run(AsyncClient(f"https://127.0.0.1:{free_port()}").aclose())
+    assert len(made) == 1
+    assert made[0].verify_mode == ssl.CERT_REQUIRED and made[0].check_hostname
+
+
 def test_async_client(echo: Server) -> None:
     async def main() -> list[float]:
         async with AsyncClient(echo.url) as client:
