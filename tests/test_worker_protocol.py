@@ -87,6 +87,7 @@ def test_a_failed_start_leaves_no_transport_to_the_garbage_collector(function: s
             await runner.start()
         await runner.close()
 
+    gc.collect()  # what earlier tests in this process left is theirs, not this test's
     previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:
         with warnings.catch_warnings(record=True) as warned:

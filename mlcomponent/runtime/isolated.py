@@ -682,6 +682,7 @@ class ProcessRunner:
         except TimeoutError:
             pipe.kill()
             await self._closed.wait()
+        pipe.transport.close()  # gone and its pipes closed: nothing left for the garbage collector to warn about
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
