@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mlcomponent.errors import ManifestError
-from mlcomponent.yamlsafe import MAX_NODES, expanded_size
+from mlcomponent.yamlsafe import MAX_NODES, over_cap
 
 API_GROUP = "unified-platform.cs.hse.ru"
 API_VERSION = f"{API_GROUP}/v1"
@@ -440,7 +440,7 @@ def _load_yaml(text: str, duplicates: list[str] | None = None) -> tuple[Any, dic
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        if expanded_size(node, {}) > MAX_NODES:
+        if over_cap(node):
             raise _Refused(f"anchors and aliases expand it past {MAX_NODES:,} values "
                            "(a \"billion laughs\" file?); write the manifest out in full")
         if duplicates is not None:

@@ -32,3 +32,8 @@ def expanded_size(node: Any, memo: dict[int, int]) -> int:
         size = 1
     memo[key] = min(size, MAX_NODES + 1)
     return memo[key]
+
+
+def over_cap(node: Any) -> bool:
+    """True when ``node`` (a composed document) expands past ``MAX_NODES``."""
+    return expanded_size(node, {}) > MAX_NODES

@@ -33,6 +33,7 @@ def echo_client(echo: Server) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def full_client(full: Server) -> Iterator[httpx.Client]:
+    """The same for the function that declares a specification."""
     with full.client() as client:
         yield client
 

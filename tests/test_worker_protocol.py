@@ -76,7 +76,8 @@ def test_worker_states_move_only_as_declared() -> None:
 
 
 @pytest.mark.parametrize("function", ["no_such_module.inference", "echo.no_such_function"])
-def test_a_failed_start_leaves_no_transport_to_the_garbage_collector(function: str) -> None:
+def test_a_failed_start_leaves_no_transport_to_the_garbage_collector(function: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """``serve``'s start-up check runs in its own event loop, which ends right after a failed start;
     a worker transport still open then would print "Event loop is closed" under the one-line error."""
     unraisable: list[object] = []
@@ -88,14 +89,11 @@ def test_a_failed_start_leaves_no_transport_to_the_garbage_collector(function: s
         await runner.close()
 
     gc.collect()  # what earlier tests in this process left is theirs, not this test's
-    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
-    try:
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always")
-            asyncio.run(start())
-            gc.collect()
-    finally:
-        sys.unraisablehook = previous
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        asyncio.run(start())
+        gc.collect()
     assert [str(w.message) for w in warned if issubclass(w.category, ResourceWarning)] == []
     assert unraisable == []
 

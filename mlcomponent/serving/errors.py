@@ -60,8 +60,9 @@ def disk_full(error: Exception) -> DiskFull | None:
 
 
 def describe(error: Exception, where: str, hide_errors: bool = False) -> Failure:
-    """The ``Failure`` for any error; 5xx but admission's refusals are logged. An unexpected error's own text (often a server
-    path) goes to the log only: the client is told its type and the request id."""
+    """The ``Failure`` for any error; 5xx are logged, but admission's refusals only at DEBUG. An
+    unexpected error's own text (often a server path) goes to the log only: the client is told its
+    type and the request id."""
     if not isinstance(error, MLComponentError):
         full = disk_full(error)
         if full is None:

@@ -39,7 +39,7 @@ from mlcomponent.spec.model import (
     ParameterSpec,
     TensorSpec,
 )
-from mlcomponent.yamlsafe import MAX_NODES, expanded_size
+from mlcomponent.yamlsafe import MAX_NODES, over_cap
 
 SECTION_NAMES = ("inputs", "outputs", "parameters", "example", "batching")
 BATCHING_KEYS = ("max_batch_size", "max_batch_delay", "data")
@@ -297,7 +297,7 @@ def _load_capped(text: str) -> tuple[Any, bool]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and expanded_size(node, {}) > MAX_NODES:
+        if node is not None and over_cap(node):
             return None, False
         return (loader.construct_document(node) if node is not None else None), True
     finally:
