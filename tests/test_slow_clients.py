@@ -155,3 +155,35 @@ def test_a_slow_but_steady_client_is_not_cut_off(impatient: Server) -> None:
             time.sleep(0.1)
         reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One keep-alive answer: its head and its Content-Length of body."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(4096)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_a_keep_alive_connections_header_deadline_counts_from_its_last_answer(impatient: Server) -> None:
+    """--header-timeout 1 s: a request 0.6 s after the connection opened, the next 0.6 s after that answer
+    (1.2 s after the connection opened) is served; then, idle, the connection gets 408."""
+    payload = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [7]}]}'
+    request = (f"POST {INFER} HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    with socket.create_connection(address(impatient), timeout=60) as sock:
+        opened = time.monotonic()
+        for _ in range(2):
+            time.sleep(0.6)
+            sock.sendall(request)
+            assert read_answer(sock).startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - opened > 1.2  # past the first deadline, within the one after the last answer
+        answered = time.monotonic()
+        reply = read_until_closed(sock)
+        idle = time.monotonic() - answered
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert 0.5 < idle < 30, idle
