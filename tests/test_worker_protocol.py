@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mlcomponent.errors import EntryPointError
+from mlcomponent.errors import EntryPointError, Timeout
 from mlcomponent.protocol.packed import Packed
 from mlcomponent.runtime.frames import WorkerConfig, frame, load_frame
 from mlcomponent.runtime.isolated import ProcessRunner, WorkerState, read_message
@@ -109,3 +110,28 @@ def test_the_worker_reads_docstrings_without_the_manifests_models() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_timeout_counts_from_each_calls_own_start(tmp_path: Path) -> None:
+    """One --timeout timer serves every call. Armed by a quick call, it fires while a later call has
+    run only part of its --timeout: that call is stopped at its own start + --timeout, not before."""
+    gate = tmp_path / "gate"  # never opened: the held call runs until it is stopped
+
+    async def scenario() -> tuple[float, str]:
+        runner = ProcessRunner(WorkerConfig(str(ENTRYPOINTS), "behaviours.inference", "", {}), "m", run_limit=1.0)
+        await runner.start()
+        try:
+            await runner.call([{"name": "do", "value": "echo"}], [], [])  # arms the timer for its start + 1 s
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            try:
+                await runner.call([{"name": "do", "value": "gate"}, {"name": "path", "value": str(gate)}], [], [])
+            except Timeout as error:
+                return time.monotonic() - started, error.message
+            raise AssertionError("the held call was never stopped")
+        finally:
+            await runner.close()
+
+    ran, message = asyncio.run(scenario())
+    assert "--timeout of 1 s" in message
+    assert 0.95 <= ran < 30, ran  # its own full second, though the timer first fired after about half of it

@@ -156,7 +156,6 @@ class _Call:
     future: asyncio.Future[Any]
     abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
     started_at: float | None = None  # loop.time() it reached the head of the queue: the worker runs it
-    overrun: asyncio.TimerHandle | None = field(default=None, repr=False)  # the --timeout kill, while it runs
     deadline: float | None = None  # loop.time() after which its caller stops waiting (504)
     waiter: asyncio.Future[Any] | None = field(default=None, repr=False)  # what the caller awaits, with a deadline
 
@@ -294,6 +293,11 @@ class ProcessRunner:
         # wait_for(shield(...)) cost a timer, two more futures and two more loop turns per request.
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_loop: asyncio.AbstractEventLoop | None = None
+        # One timer for the running call's --timeout, re-armed only when it fires early: arming and
+        # cancelling one per call cost a few µs a request and filled the loop's heap with cancelled ones.
+        self._overrun_timer: asyncio.TimerHandle | None = None
+        self._overrun_at = 0.0
+        self._overrun_loop: asyncio.AbstractEventLoop | None = None
         self._oom_kills: int | None = None
 
     def _move(self, to: WorkerState) -> None:
@@ -311,8 +315,6 @@ class ProcessRunner:
         call = self._pending.popleft()
         if call.abandoned:
             self._abandoned -= 1
-        if call.overrun is not None:
-            call.overrun.cancel()
         return call
 
     @property
@@ -418,10 +420,32 @@ class ProcessRunner:
         """``call`` reached the head of the queue: the worker runs it now. Arm the --timeout kill."""
         loop = asyncio.get_running_loop()
         call.started_at = loop.time()
-        if call.overrun is not None:
-            call.overrun.cancel()  # armed for a worker that died before it could run the call
         if self.run_limit is not None:
-            call.overrun = loop.call_at(call.started_at + self.run_limit, self._overran, call)
+            self._watch_overrun(loop, call.started_at + self.run_limit)
+
+    def _watch_overrun(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """Have the --timeout timer fire by ``due`` (the running call's start + --timeout)."""
+        timer = self._overrun_timer
+        if timer is not None and not timer.cancelled() and self._overrun_loop is loop and self._overrun_at <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._overrun_at = due
+        self._overrun_timer = loop.call_at(due, self._check_overrun)
+        self._overrun_loop = loop
+
+    def _check_overrun(self) -> None:
+        """The --timeout timer fired: stop the running call if it has run that long, else wait for it."""
+        self._overrun_timer = None
+        head = self._pending[0] if self._pending else None
+        if head is None or head.started_at is None or self.run_limit is None:
+            return  # nothing runs: the next call to start arms it again
+        due = head.started_at + self.run_limit
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self._overran(head)
+        else:
+            self._watch_overrun(loop, due)
 
     def _on_reply(self, reply: Any) -> None:
         pipe = self._pipe
