@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,25 +110,12 @@ class DataPlane:
         return RequestFiles(self.files_root, self.file_box, self.model_name, keep_uploads=keep_uploads,
                             keys=self.file_keys)
 
-    @asynccontextmanager
-    async def request_scope(self) -> AsyncIterator[RequestFiles]:
+    def request_scope(self) -> RequestScope:
         """One request, for every transport, from admission to answer: ``admit`` (503 before anything is
         read), then counted as ahead of later requests until it is answered; its files: a request that
         fails keeps nothing in the file box (its kept uploads and published outputs are removed), and its
         folder is gone before the answer."""
-        self.admit()
-        self.admitted += 1
-        files = self.request_files()
-        try:
-            yield files
-        except BaseException:
-            if files.in_box:
-                await asyncio.to_thread(files.discard)
-            raise
-        finally:
-            self.admitted -= 1
-            if files.created:  # most requests make no folder: no thread hop (~100 µs) to remove nothing
-                await asyncio.to_thread(files.cleanup)
+        return RequestScope(self)
 
     def admit(self) -> None:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
@@ -233,3 +218,30 @@ class DataPlane:
         """One call of the runner, timed for the admission estimate (a call abandoned at its deadline is not)."""
         return await self.admission.service.measure(self.runner.call(*arguments, deadline),
                                                     self.observer.queue_waited)
+
+
+class RequestScope:
+    """``DataPlane.request_scope``: a class, not an ``asynccontextmanager`` (every request passes here, and
+    the generator costs about two microseconds more)."""
+
+    __slots__ = ("plane", "files")
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def __aenter__(self) -> RequestFiles:
+        plane = self.plane
+        plane.admit()
+        plane.admitted += 1
+        self.files = files = plane.request_files()
+        return files
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        files = self.files
+        try:
+            if kind is not None and files.in_box:
+                await asyncio.to_thread(files.discard)
+        finally:
+            self.plane.admitted -= 1
+            if files.created:  # most requests make no folder: no thread hop (~100 µs) to remove nothing
+                await asyncio.to_thread(files.cleanup)
