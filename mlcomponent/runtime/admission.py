@@ -53,11 +53,7 @@ class ServiceTime:
         self._samples: collections.deque[tuple[float, float]] = collections.deque()  # (answered at, service)
         self._sum = 0.0
         self._last_answer = -math.inf
-
-    @property
-    def seconds(self) -> float | None:
-        """The estimate; None until the first call is answered."""
-        return max(0.0, self._sum / len(self._samples)) if self._samples else None
+        self.seconds: float | None = None  # the estimate; None until the first call is answered
 
     def sent(self) -> float:
         """Call it as a call goes to the function; pass what it returns to ``answered``."""
@@ -73,6 +69,7 @@ class ServiceTime:
         self._sum += sample
         while len(self._samples) > self.calls and now - self._samples[1][0] >= self.window:
             self._sum -= self._samples.popleft()[1]
+        self.seconds = max(0.0, self._sum / len(self._samples))  # read several times a request: kept, not derived
         return max(0.0, began - sent)
 
     async def measure(self, call: Awaitable[T], waited: Callable[[float], None]) -> T:
