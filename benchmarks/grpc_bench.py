@@ -211,8 +211,9 @@ def render(results: dict[str, dict[Any, Any]], levels: list[int], before: tuple[
              f"load average {before[0]:.1f} before, {after[0]:.1f} after; {rounds} interleaved rounds of {seconds} s, "
              "median round", "",
              "| gRPC server | " + " | ".join(f"req/s @{n}" for n in levels) + " | " +
-             " | ".join(f"p50/p99 ms @{n}" for n in levels) + " | errors | h2load CPU | idle RSS | loaded RSS |",
-             "|---" * (2 * len(levels) + 5) + "|"]
+             " | ".join(f"p50/p99 ms @{n}" for n in levels) + " | " + " | ".join(f"errors @{n}" for n in levels) +
+             " | h2load CPU | idle RSS | loaded RSS |",
+             "|---" * (3 * len(levels) + 4) + "|"]  # rate_cells gives rates, latencies and errors per level
     names = {"bare": "bare grpcio asyncio servicer (ceiling)", "mlcomponent": "mlcomponent (defaults)",
              "mlserver": "MLServer 1.7.1, parallel workers off", "kserve": "KServe 0.21 ModelServer"}
     for key, row in results.items():
