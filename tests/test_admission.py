@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from mlcomponent.errors import MLComponentError, NotReady
-from mlcomponent.runtime.admission import Admission, ReturnBook, ServiceTime
+from mlcomponent.runtime.admission import Admission, ServiceTime
 from mlcomponent.runtime.dataplane import DataPlane
 from tests.support import HTTP
 from tests.test_batching import Recorder, infer, run_served
@@ -85,7 +85,7 @@ def test_admission_math_budget_deadline_and_retry_after() -> None:
     assert "2 call(s) ahead × 4 s per call + its own" in refusal.message and "--max-queue-wait" in refusal.message
     assert Admission(1.0, admission.service).over_budget(0) is None  # nothing ahead: it runs, however slow
     spread = [r.retry_after for r in (admission.over_budget(2) for _ in range(10)) if r is not None]
-    assert spread == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # the next ten: one a second, the pace of a 4 s call
+    assert spread == [3, 4, 5, 6, 7, 8, 9, 10, 11, 2]  # the next ten: spread over the 10 s budget, then round again
     assert admission.past_deadline(2, 12.0) is None  # 8 s of wait + its own 4 s call
     late = admission.past_deadline(2, 11.5)
     assert late is not None and late.reason == "deadline" and late.retry_after == 1
@@ -224,30 +224,3 @@ def test_over_http_and_grpc_a_refusal_is_503_unavailable_with_retry_after(tmp_pa
         assert len(log.read_text().splitlines()) == 3  # the refused requests never ran
         # counted, not logged one by one (thousands of lines a second under overload)
         assert [line for line in server.http.output().splitlines() if "-> 503" in line] == []
-
-
-def test_refused_clients_are_sent_back_at_the_queues_pace_not_in_waves() -> None:
-    clock = Clock()
-    clock.now = 100.25
-    book = ReturnBook(clock)
-    told = [book.book(5, 10) for _ in range(95)]  # a burst of 95 refusals: 10 a second from 5 s on
-    assert told == [5 + i // 10 for i in range(95)]
-    clock.now += 1.0  # a second later the line goes on where it stopped, not from 5 s again
-    assert [book.book(5, 10) for _ in range(5)] + [book.book(2, 10)] == [13] * 5 + [14]  # second 114 had 5
-    assert book.book(30, 10) == 30  # a later earliest second starts there
-    assert [book.book(1, 1) for _ in range(30)] == list(range(31, 61))  # one a second, up to a minute...
-    assert [book.book(1, 1) for _ in range(2)] == [1, 2]  # ...past it the book starts again from the earliest
-    assert book.book(90, 1) == 90  # unless the queue itself needs longer to drain
-
-
-def test_a_burst_of_refusals_is_booked_at_the_rate_the_queue_drains(tmp_path: Path) -> None:
-    clock = Clock()
-    admission = Admission(5.0, ServiceTime(clock))
-    sent = admission.service.sent()
-    clock.now += 0.1  # 100 ms a call: the queue answers 10 a second
-    admission.service.answered(sent)
-    told = [r.retry_after for r in (admission.over_budget(60) for _ in range(30)) if r is not None]
-    assert told == [2] * 10 + [3] * 10 + [4] * 10  # 6.1 s of wait: 1.1 s over, then ten to each second
-    merged = [r.retry_after for r in (admission.over_budget(60, requests_per_call=8) for _ in range(81))
-              if r is not None]
-    assert merged == [4] * 70 + [5] * 11  # merged calls of 8: 80 a second, the ten told 4 s counted

@@ -159,13 +159,18 @@ def test_a_slow_but_steady_client_is_not_cut_off(impatient: Server) -> None:
 
 def read_answer(sock: socket.socket) -> bytes:
     """One keep-alive answer: its head and its Content-Length of body."""
+    def more() -> bytes:
+        chunk = sock.recv(4096)
+        assert chunk, f"the server closed the connection mid-answer: {received[:200]!r}"
+        return chunk
+
     received = b""
     while b"\r\n\r\n" not in received:
-        received += sock.recv(4096)
+        received += more()
     head, _, body = received.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     while len(body) < length:
-        body += sock.recv(4096)
+        body += more()
     return head
 
 

@@ -39,7 +39,6 @@ def _datatype(raw: Any, where: str) -> str:
     return datatype
 
 
-
 def _content_type(item: dict[str, Any], params: dict[str, Any]) -> str | None:
     value = item.get("content_type", params.get("content_type"))
     return value if isinstance(value, str) else None

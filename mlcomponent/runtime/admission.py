@@ -3,8 +3,8 @@
 Each HTTP worker process has its own queue and its own function, so each judges for
 itself. A new request's expected wait is the calls ahead of it (pipelined calls, or
 merged calls with batching: a merged call serves many) times the recent service time
-per call. It is refused (503, ``Retry-After`` from the queue and the clients already told to
-come back: see ``ReturnBook``) when that wait plus its own call is over the service's budget
+per call. It is refused (503, ``Retry-After`` from the queue, spread over successive
+refusals) when that wait plus its own call is over the service's budget
 (``--max-queue-wait``) or its own deadline; a request with nothing ahead always runs;
 ``--max-queue`` is a hard cap on memory and binds only for calls faster than ``max-queue-wait / max-queue``.
 
@@ -87,68 +87,38 @@ class ServiceTime:
         return result
 
 
-class ReturnBook:
-    """The whole seconds at which refused clients were told to come back, so that no second gets more of
-    them than the queue drains in a second.
-
-    Refused clients that came together (a burst, a restart, a load generator) and obey ``Retry-After``
-    come back together; each wave is refused together again and holds the event loop for every request
-    behind it. Booking them in turn, ``per_second`` to a second, turns a wave into a trickle the queue can
-    take in. Past ``LONGEST`` seconds the book starts again from the earliest second, so a crowd larger
-    than a minute of draining is spread twice as thick rather than piled on the last second."""
-
-    LONGEST = 60  # seconds: the farthest a refused client is sent
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self._second = -math.inf  # the latest second booked (on the clock's whole seconds)...
-        self._booked = 0  # ...and how many clients were sent to it
-
-    def book(self, earliest: int, per_second: int) -> int:
-        """The ``Retry-After`` for one more refused client: at least ``earliest`` seconds, and the first second
-        from there with fewer than ``per_second`` clients sent to it."""
-        now = math.floor(self.clock())
-        second = max(now + earliest, self._second)
-        if second == self._second and self._booked >= per_second:
-            second += 1
-        if second - now > max(self.LONGEST, earliest):
-            second = now + earliest
-        if second != self._second:
-            self._second, self._booked = second, 0
-        self._booked += 1
-        return int(second - now)
-
-
 class Admission:
     """The rule: queue a request when its expected wait fits its deadline and the service's budget."""
 
     def __init__(self, max_queue_wait: float | None, service: ServiceTime | None = None) -> None:
         self.max_queue_wait = max_queue_wait
         self.service = service or ServiceTime()
-        self.returns = ReturnBook(self.service.clock)
+        self._budget_refusals = 0  # spreads their Retry-After: see ``over_budget``
 
     def expected_wait(self, calls_ahead: int) -> float:
         return calls_ahead * (self.service.seconds or 0.0)
 
-    def over_budget(self, calls_ahead: int, requests_per_call: int = 1) -> Refusal | None:
+    def over_budget(self, calls_ahead: int) -> Refusal | None:
         """A refusal when the calls ahead and its own call would take longer than ``--max-queue-wait``, else
         None: an admitted request expects its answer within the budget. With nothing ahead it runs.
 
-        Its ``Retry-After`` is at least the whole seconds until the queue has drained by the excess, and
-        booked in ``returns`` at the queue's pace: the requests it answers in a second (``requests_per_call``
-        for each call: a merged call serves many)."""
+        Its ``Retry-After`` is the whole seconds until the queue has drained by the excess, plus 0, 1, 2, ...
+        seconds in turn over successive refusals, up to the budget's whole seconds: refused clients that
+        came together come back spread over the budget (the queue takes in a budget's worth of calls per
+        budget) instead of all at the same second, to be refused together again. (Booking them at the
+        queue's pace instead, further out, was tried: refusals were faster but a quarter fewer requests
+        were served; docs/benchmarks.md.)"""
         if self.max_queue_wait is None or calls_ahead <= 0:
             return None
-        per_call = self.service.seconds or 0.0
-        wait = self.expected_wait(calls_ahead) + per_call
+        wait = self.expected_wait(calls_ahead) + (self.service.seconds or 0.0)
         if wait <= self.max_queue_wait:
             return None
-        per_second = max(1, math.floor(requests_per_call / per_call)) if per_call > 0 else 1_000_000
-        retry_after = self.returns.book(_retry_after(wait - self.max_queue_wait), per_second)
+        spread = self._budget_refusals % max(1, math.ceil(self.max_queue_wait))
+        self._budget_refusals += 1
         return Refusal("queue_wait", f"busy: the expected wait and call is {wait:.3g} s ({self._ahead(calls_ahead)} + "
                                      f"its own), over the "
                                      f"service's queue-wait budget of {self.max_queue_wait:g} s (--max-queue-wait); "
-                                     "retry later", retry_after)
+                                     "retry later", _retry_after(wait - self.max_queue_wait) + spread)
 
     def past_deadline(self, calls_ahead: int, seconds_left: float | None) -> Refusal | None:
         """A refusal when the calls ahead would keep the request past its own deadline, else None.

@@ -128,8 +128,7 @@ class DataPlane:
         if self.queued >= self.limits.max_queue:
             self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
                                  f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
-        per_call = self.batcher.max_batch_size if self.batcher is not None else 1
-        refusal = self.admission.over_budget(self.calls_ahead, per_call)
+        refusal = self.admission.over_budget(self.calls_ahead)
         if refusal is not None:
             self._refuse(refusal)
 

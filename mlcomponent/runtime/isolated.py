@@ -688,6 +688,9 @@ class ProcessRunner:
         """Stop the worker and all it started; calls still queued fail (the service is shutting down)."""
         was = self.state
         self._move(WorkerState.CLOSED)
+        if self._overrun_timer is not None:
+            self._overrun_timer.cancel()
+            self._overrun_timer = None
         if self._restarting is not None and not self._restarting.done():
             self._restarting.cancel()
         pipe = self._pipe
