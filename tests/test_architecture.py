@@ -3,7 +3,7 @@
 Layers, lowest first; a module may import its own package and the layers below it, never a
 sibling in its own layer (``http`` and ``grpc`` are siblings: neither imports the other):
 
-    errors, logs, options, yamlsafe → __init__ → manifest → settings, kubernetes → spec → protocol → boxes
+    errors, logs, options, timers, yamlsafe → __init__ → manifest → settings, kubernetes → spec → protocol → boxes
     → runtime → metrics → serving → http, grpc (transports) → process → client
     → scaffold, cli_output, ship → cli_ship → cli → __main__
 
@@ -21,7 +21,7 @@ from tests.support import ROOT
 
 PACKAGE = ROOT / "mlcomponent"
 LAYERS = [
-    {"errors", "logs", "options", "yamlsafe"},
+    {"errors", "logs", "options", "timers", "yamlsafe"},
     {"__init__"},
     {"manifest"},
     {"settings", "kubernetes"},

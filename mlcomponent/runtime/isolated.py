@@ -75,6 +75,7 @@ from mlcomponent.runtime.messages import (
 )
 from mlcomponent.runtime.tree import kill_descendants
 from mlcomponent.spec.model import FunctionSpec
+from mlcomponent.timers import EarliestTimer
 
 log = logging.getLogger("mlcomponent.worker")
 IDLE_LOOK_AFTER = 0.005  # seconds idle before the parent looks at the worker's tree ahead of a call (13 system
@@ -291,13 +292,9 @@ class ProcessRunner:
         self._retry_at = 0.0  # loop.time() of the next restart attempt
         # One timer for every pending call's deadline, armed for the earliest: a per-call
         # wait_for(shield(...)) cost a timer, two more futures and two more loop turns per request.
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
-        # One timer for the running call's --timeout, re-armed only when it fires early: arming and
-        # cancelling one per call cost a few µs a request and filled the loop's heap with cancelled ones.
-        self._overrun_timer: asyncio.TimerHandle | None = None
-        self._overrun_at = 0.0
-        self._overrun_loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog = EarliestTimer(self._expire)
+        # One timer for the running call's --timeout too, re-armed only when it fires early.
+        self._overrun = EarliestTimer(self._check_overrun)
         self._oom_kills: int | None = None
 
     def _move(self, to: WorkerState) -> None:
@@ -421,22 +418,10 @@ class ProcessRunner:
         loop = asyncio.get_running_loop()
         call.started_at = loop.time()
         if self.run_limit is not None:
-            self._watch_overrun(loop, call.started_at + self.run_limit)
-
-    def _watch_overrun(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Have the --timeout timer fire by ``due`` (the running call's start + --timeout)."""
-        timer = self._overrun_timer
-        if timer is not None and not timer.cancelled() and self._overrun_loop is loop and self._overrun_at <= due:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._overrun_at = due
-        self._overrun_timer = loop.call_at(due, self._check_overrun)
-        self._overrun_loop = loop
+            self._overrun.arm(loop, call.started_at + self.run_limit)
 
     def _check_overrun(self) -> None:
         """The --timeout timer fired: stop the running call if it has run that long, else wait for it."""
-        self._overrun_timer = None
         head = self._pending[0] if self._pending else None
         if head is None or head.started_at is None or self.run_limit is None:
             return  # nothing runs: the next call to start arms it again
@@ -445,7 +430,7 @@ class ProcessRunner:
         if loop.time() >= due:
             self._overran(head)
         else:
-            self._watch_overrun(loop, due)
+            self._overrun.arm(loop, due)
 
     def _on_reply(self, reply: Any) -> None:
         pipe = self._pipe
@@ -496,7 +481,7 @@ class ProcessRunner:
             call.deadline, call.waiter = deadline, loop.create_future()
             waiting_on = call.waiter
             call.future.add_done_callback(functools.partial(_copy_outcome, call.waiter))
-            self._watch_deadline(loop, deadline)
+            self._watchdog.arm(loop, deadline)  # armed for the earliest pending deadline
         try:
             reply = await waiting_on
         except asyncio.CancelledError:
@@ -511,19 +496,8 @@ class ProcessRunner:
                           "run and will not") from None
         return self._result(reply)
 
-    def _watch_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        """Arm the watchdog for ``deadline`` unless it is armed for an earlier (or the same) time."""
-        watchdog = self._watchdog
-        if watchdog is not None and not watchdog.cancelled() and self._watchdog_loop is loop:
-            if watchdog.when() <= deadline:
-                return
-            watchdog.cancel()
-        self._watchdog = loop.call_at(deadline, self._expire)
-        self._watchdog_loop = loop
-
     def _expire(self) -> None:
         """Time out every pending call's caller past its deadline; arm again for the earliest one left."""
-        self._watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         earliest: float | None = None
@@ -535,7 +509,7 @@ class ProcessRunner:
             elif earliest is None or call.deadline < earliest:
                 earliest = call.deadline
         if earliest is not None:
-            self._watch_deadline(loop, earliest)
+            self._watchdog.arm(loop, earliest)
 
     def _abandon(self, call: _Call) -> None:
         """Nobody waits for ``call`` any more: its reply, when it comes, is dropped; the worker is left alone."""
@@ -688,9 +662,7 @@ class ProcessRunner:
         """Stop the worker and all it started; calls still queued fail (the service is shutting down)."""
         was = self.state
         self._move(WorkerState.CLOSED)
-        if self._overrun_timer is not None:
-            self._overrun_timer.cancel()
-            self._overrun_timer = None
+        self._overrun.cancel()
         if self._restarting is not None and not self._restarting.done():
             self._restarting.cancel()
         pipe = self._pipe
