@@ -241,6 +241,45 @@ def test_reflection_lists_the_service_for_grpcurl(echo: GrpcServer) -> None:
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
 
+def _policies(pid: int) -> dict[str, set[int]]:
+    """The scheduling policies of a process's threads, by thread name."""
+    found: dict[str, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        found.setdefault("loop" if int(tid) == pid else name, set()).add(os.sched_getscheduler(int(tid)))
+    return found
+
+
+def test_grpcs_threads_do_not_preempt_the_event_loop(echo: GrpcServer) -> None:
+    """grpcio's poller and I/O threads wake several times a call: as batch threads they wait for the loop's
+    thread to yield instead of preempting it; the loop's thread and the worker stay normal."""
+    echo.infer(request(("x", "INT32", [1], [1])))
+    pid = echo.http.process.pid
+    policies = _policies(pid)
+    assert policies["loop"] == {os.SCHED_OTHER}
+    assert policies["event_engine"] == {os.SCHED_BATCH}, policies
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert workers and all(_policies(int(worker))["loop"] == {os.SCHED_OTHER} for worker in workers)
+
+
+def test_only_the_threads_started_inside_become_batch() -> None:
+    from threading import Thread
+
+    from mlcomponent.grpc.server import threads_started_here_yield
+
+    seen: list[int] = []
+    with threads_started_here_yield():
+        inside = Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+        inside.start()
+        inside.join()
+    after = Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+    after.start()
+    after.join()
+    assert seen == [os.SCHED_BATCH, os.SCHED_OTHER]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def test_the_python_client_and_cli_speak_grpc(echo: GrpcServer) -> None:
     with mc.Client(f"grpc://{echo.target}/{MODEL}") as client:
         assert client.live() and client.ready()
