@@ -10,10 +10,7 @@ refusals) when that wait plus its own call is over the service's budget
 
 The service time is the mean gap between answers over a recent window: in order, one call
 at a time, a call's service starts when it was sent or when the call before it was
-answered, whichever is later. The call in service counts too, before it is answered: once it
-has run longer than the mean, its time so far is the estimate (the first calls after a start,
-or a function that slowed down, are judged at once, not after their answers). Nothing is
-sampled, nothing runs on a timer.
+answered, whichever is later. Nothing is sampled, nothing runs on a timer.
 """
 
 from __future__ import annotations
@@ -56,36 +53,14 @@ class ServiceTime:
         self._samples: collections.deque[tuple[float, float]] = collections.deque()  # (answered at, service)
         self._sum = 0.0
         self._last_answer = -math.inf
-        self._in_flight: collections.deque[float] = collections.deque()  # when each unanswered call was sent
-        self.seconds: float | None = None  # the mean; None until the first call is answered
-
-    def estimate(self) -> float | None:
-        """Seconds per call: the mean, or the time the call in service has run so far when that is longer;
-        None while no call was ever answered or sent."""
-        in_flight = self._in_flight
-        if not in_flight:
-            return self.seconds
-        running = self.clock() - max(in_flight[0], self._last_answer)
-        seconds = self.seconds
-        return running if seconds is None or running > seconds else seconds
+        self.seconds: float | None = None  # the estimate; None until the first call is answered
 
     def sent(self) -> float:
-        """Call it as a call goes to the function; pass what it returns to ``answered`` (or ``abandoned``)."""
-        now = self.clock()
-        self._in_flight.append(now)
-        return now
-
-    def abandoned(self, sent: float) -> None:
-        """A call nobody waits for any more (past its deadline, cancelled): no sample, and no longer in service."""
-        in_flight = self._in_flight
-        if in_flight and in_flight[0] == sent:
-            in_flight.popleft()
-        elif sent in in_flight:
-            in_flight.remove(sent)
+        """Call it as a call goes to the function; pass what it returns to ``answered``."""
+        return self.clock()
 
     def answered(self, sent: float) -> float:
         """One call answered: update the estimate; returns the seconds the call waited before it ran."""
-        self.abandoned(sent)
         now = self.clock()
         began = max(sent, self._last_answer)
         self._last_answer = now
@@ -104,13 +79,9 @@ class ServiceTime:
         try:
             result = await call
         except Timeout:
-            self.abandoned(sent)
             raise
         except Exception:
             waited(self.answered(sent))
-            raise
-        except BaseException:  # cancelled
-            self.abandoned(sent)
             raise
         waited(self.answered(sent))
         return result
@@ -124,6 +95,9 @@ class Admission:
         self.service = service or ServiceTime()
         self._budget_refusals = 0  # spreads their Retry-After: see ``over_budget``
 
+    def expected_wait(self, calls_ahead: int) -> float:
+        return calls_ahead * (self.service.seconds or 0.0)
+
     def over_budget(self, calls_ahead: int) -> Refusal | None:
         """A refusal when the calls ahead and its own call would take longer than ``--max-queue-wait``, else
         None: an admitted request expects its answer within the budget. With nothing ahead it runs.
@@ -136,14 +110,12 @@ class Admission:
         were served; docs/benchmarks.md.)"""
         if self.max_queue_wait is None or calls_ahead <= 0:
             return None
-        per_call = self.service.estimate() or 0.0
-        wait = (calls_ahead + 1) * per_call
+        wait = self.expected_wait(calls_ahead) + (self.service.seconds or 0.0)
         if wait <= self.max_queue_wait:
             return None
         spread = self._budget_refusals % max(1, math.ceil(self.max_queue_wait))
         self._budget_refusals += 1
-        return Refusal("queue_wait", f"busy: the expected wait and call is {wait:.3g} s "
-                                     f"({_ahead(calls_ahead, per_call)} + "
+        return Refusal("queue_wait", f"busy: the expected wait and call is {wait:.3g} s ({self._ahead(calls_ahead)} + "
                                      f"its own), over the "
                                      f"service's queue-wait budget of {self.max_queue_wait:g} s (--max-queue-wait); "
                                      "retry later", _retry_after(wait - self.max_queue_wait) + spread)
@@ -152,22 +124,18 @@ class Admission:
         """A refusal when the calls ahead would keep the request past its own deadline, else None.
 
         With nothing ahead it runs, and a deadline already over is a timeout (504), not a refusal."""
-        if seconds_left is None or seconds_left <= 0 or calls_ahead <= 0:
+        if seconds_left is None or seconds_left <= 0 or calls_ahead <= 0 or self.service.seconds is None:
             return None
-        per_call = self.service.estimate()
-        if per_call is None:
-            return None
-        need = (calls_ahead + 1) * per_call
+        wait = self.expected_wait(calls_ahead)
+        need = wait + (self.service.seconds or 0.0)
         if need <= seconds_left:
             return None
         return Refusal("deadline", f"busy: the request's deadline ({seconds_left:.3g} s left) is shorter than "
-                                   f"its expected wait and call ({need:.3g} s: {_ahead(calls_ahead, per_call)}); it was "
+                                   f"its expected wait and call ({need:.3g} s: {self._ahead(calls_ahead)}); it was "
                                    "not queued; retry later or allow a longer timeout", _retry_after(need - seconds_left))
 
-
-
-def _ahead(calls_ahead: int, per_call: float) -> str:
-    return f"{calls_ahead} call(s) ahead × {per_call:.3g} s per call"
+    def _ahead(self, calls_ahead: int) -> str:
+        return f"{calls_ahead} call(s) ahead × {self.service.seconds or 0.0:.3g} s per call"
 
 
 def _retry_after(excess: float) -> int:
