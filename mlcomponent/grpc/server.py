@@ -49,7 +49,10 @@ def threads_started_here_yield() -> Iterator[None]:
         yield
     finally:
         if normal:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            try:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except OSError as error:  # never seen: the thread stays a batch thread, which only costs latency
+                log.warning("could not restore the event loop thread's scheduling policy: %s", error)
 
 
 class GrpcServer:
