@@ -242,11 +242,15 @@ def test_reflection_lists_the_service_for_grpcurl(echo: GrpcServer) -> None:
 
 
 def _policies(pid: int) -> dict[str, set[int]]:
-    """The scheduling policies of a process's threads, by thread name."""
+    """The scheduling policies of a process's threads, by thread name (the main thread as "loop")."""
     found: dict[str, set[int]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        found.setdefault("loop" if int(tid) == pid else name, set()).add(os.sched_getscheduler(int(tid)))
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            policy = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        found.setdefault("loop" if int(tid) == pid else name, set()).add(policy)
     return found
 
 
@@ -257,8 +261,9 @@ def test_grpcs_threads_do_not_preempt_the_event_loop(echo: GrpcServer) -> None:
     pid = echo.http.process.pid
     policies = _policies(pid)
     assert policies["loop"] == {os.SCHED_OTHER}
-    assert policies["event_engine"] == {os.SCHED_BATCH}, policies
-    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    for grpcs in ("event_engine", "grpc_global_tim", "lifeguard"):
+        assert policies[grpcs] == {os.SCHED_BATCH}, policies
+    assert os.SCHED_BATCH in policies["python"], policies  # grpcio's poller (asyncio's own threads stay normal)
     workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     assert workers and all(_policies(int(worker))["loop"] == {os.SCHED_OTHER} for worker in workers)
 
