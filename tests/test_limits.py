@@ -11,6 +11,7 @@ import pytest
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import BadRequest, InvalidInput
 from mlcomponent.http.connections import default_max_connections
+from mlcomponent.process import OBJECTS_PER_REQUEST, young_generation_threshold
 from mlcomponent.runtime import memory
 from mlcomponent.runtime.files import FileKeys
 from mlcomponent.runtime.frames import WorkerConfig
@@ -97,6 +98,13 @@ def test_the_connection_cap_leaves_half_the_open_files() -> None:
     assert default_max_connections(1024) == 512
     assert default_max_connections(1_000_000) == 4096
     assert default_max_connections(10) == 8
+
+
+def test_the_young_generation_holds_every_request_in_flight_at_the_connection_cap() -> None:
+    # below it, the cyclic GC scans live requests ten times a second at 1,000 connections (docs/benchmarks.md)
+    assert young_generation_threshold(default_max_connections(1_000_000)) == 4096 * OBJECTS_PER_REQUEST
+    assert young_generation_threshold(5000) == 5000 * OBJECTS_PER_REQUEST
+    assert young_generation_threshold(8) == 20_000  # a small cap keeps the floor
 
 
 def test_only_keys_this_service_signed_are_servable() -> None:
