@@ -11,6 +11,10 @@ import asyncio
 from collections.abc import Callable
 
 
+def _nothing() -> None:
+    pass
+
+
 class EarliestTimer:
     """Fires ``callback`` no later than the earliest time ``arm`` was given since it last fired."""
 
@@ -35,6 +39,12 @@ class EarliestTimer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def close(self) -> None:
+        """Cancel it and let go of the callback: an owner whose bound method it held is then freed by
+        reference counting when it goes, not left as a cycle for the garbage collector."""
+        self.cancel()
+        self.callback = _nothing
 
     def _fire(self) -> None:
         self._handle = None

@@ -150,7 +150,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self.check_timer.close()  # it held self._check: a closed connection is freed at once, not by the GC
         super().connection_lost(exc)
+        if getattr(self.transport, "_read_ready_cb", None) is not None:
+            # asyncio's selector transport keeps a bound method of itself (a cycle; uvloop's has none):
+            # it reads no more, so it and its socket go now too
+            self.transport._read_ready_cb = None  # type: ignore[attr-defined]
 
     def behind(self, now: float) -> float | None:
         """Seconds this connection is behind: how long its head has been awaited (a head comes in one
