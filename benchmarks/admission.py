@@ -76,9 +76,10 @@ async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
                         break  # the run is over: no connection opened only to be closed
                     writer.close()  # as a real client would find after seconds idle: the server's keep-alive is over
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
             else:
                 tally.other += 1
-            if headers.get("connection") == "close":
+            if headers.get("connection") == "close" and time.monotonic() < stop:
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except (OSError, asyncio.IncompleteReadError):
@@ -98,7 +99,7 @@ PROBE_GAP = 0.05
 PROBE_TAIL = 0.5  # the probe stops this long before the load does: it measures the load, not its teardown
 
 
-def probe(port: int, path: str, seconds: float) -> None:
+def probe(port: int, path: str, until: float) -> None:
     """The probe process: a request every 50 ms, each on its own connection and thread (one that is
     admitted waits its turn without holding up the next; none waits Retry-After: it measures, it adds
     next to no load); prints the seconds each refusal took, from sending to the answer read, as JSON."""
@@ -115,7 +116,7 @@ def probe(port: int, path: str, seconds: float) -> None:
         connection.close()
         return time.perf_counter() - started if answer.status == 503 else None
 
-    stop = time.monotonic() + seconds
+    stop = until  # time.monotonic(): one clock for every process on Linux
     with ThreadPoolExecutor(256) as pool:
         sent = []
         while time.monotonic() < stop:
@@ -127,11 +128,12 @@ def probe(port: int, path: str, seconds: float) -> None:
 
 async def measured(port: int, path: str, connections: int, seconds: float) -> Tally:
     """The load, with the probe beside it (started once the load has filled the queue)."""
+    until = time.monotonic() + seconds - PROBE_TAIL
+
     async def probing() -> list[float]:
-        start = min(2.0, seconds / 4)
-        await asyncio.sleep(start)
+        await asyncio.sleep(min(2.0, seconds / 4))
         process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--probe", str(port), path, str(seconds - start - PROBE_TAIL),
+            sys.executable, __file__, "--probe", str(port), path, repr(until),
             stdout=asyncio.subprocess.PIPE)
         out, _ = await process.communicate()
         return list(orjson.loads(out))

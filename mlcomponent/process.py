@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 
+from mlcomponent.garbage import YoungGeneration, ceiling_for
 from mlcomponent.http.app import create_app
 from mlcomponent.http.connections import default_max_connections
 from mlcomponent.http.gateway import Gateway
@@ -33,21 +34,11 @@ def app() -> Gateway:
                                      reuse_port=settings.workers > 1, hide_errors=options.hide_errors))
     app = create_app(service, metrics, transports)
     # Start-up objects (modules, the app) never become garbage: keep the cyclic GC off
-    # them, and let it run less often; request objects are freed by reference counting.
+    # them, and let it run as often as it finds garbage (``garbage.py``); request objects
+    # are freed by reference counting.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(young_generation_threshold(options.max_connections or default_max_connections()), 50, 100)
+    gc.set_threshold(20_000, 50, 100)
+    YoungGeneration(ceiling_for(options.max_connections or default_max_connections())).install()
     return app
 
-
-OBJECTS_PER_REQUEST = 32  # tracked objects a request in flight holds (measured: 20-30 on the infer path)
-
-
-def young_generation_threshold(max_connections: int) -> int:
-    """The cyclic GC's first threshold: above the objects of every request in flight at the connection cap.
-
-    Requests in flight are young objects, freed by reference counting when they end. With a threshold
-    below them (20,000 at 1,000 connections) the collector ran ten times a second, 7 ms each, and found
-    them all alive: 7% of the process's CPU (docs/benchmarks.md). Closed connections are what it collects
-    (cycles of about 26 objects each)."""
-    return max(20_000, OBJECTS_PER_REQUEST * max_connections)

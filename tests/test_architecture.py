@@ -21,7 +21,7 @@ from tests.support import ROOT
 
 PACKAGE = ROOT / "mlcomponent"
 LAYERS = [
-    {"errors", "logs", "options", "timers", "yamlsafe"},
+    {"errors", "garbage", "logs", "options", "timers", "yamlsafe"},
     {"__init__"},
     {"manifest"},
     {"settings", "kubernetes"},

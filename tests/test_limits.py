@@ -3,6 +3,7 @@ the connection cap, signed keys and how a worker's death is told."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,8 +11,8 @@ import pytest
 
 from mlcomponent.boxes.base import check_key
 from mlcomponent.errors import BadRequest, InvalidInput
+from mlcomponent.garbage import FLOOR, OBJECTS_PER_REQUEST, YoungGeneration, ceiling_for, next_threshold
 from mlcomponent.http.connections import default_max_connections
-from mlcomponent.process import OBJECTS_PER_REQUEST, young_generation_threshold
 from mlcomponent.runtime import memory
 from mlcomponent.runtime.files import FileKeys
 from mlcomponent.runtime.frames import WorkerConfig
@@ -100,11 +101,43 @@ def test_the_connection_cap_leaves_half_the_open_files() -> None:
     assert default_max_connections(10) == 8
 
 
-def test_the_young_generation_holds_every_request_in_flight_at_the_connection_cap() -> None:
-    # below it, the cyclic GC scans live requests ten times a second at 1,000 connections (docs/benchmarks.md)
-    assert young_generation_threshold(default_max_connections(1_000_000)) == 4096 * OBJECTS_PER_REQUEST
-    assert young_generation_threshold(5000) == 5000 * OBJECTS_PER_REQUEST
-    assert young_generation_threshold(8) == 20_000  # a small cap keeps the floor
+def test_the_young_generations_ceiling_holds_every_request_in_flight_at_the_connection_cap() -> None:
+    assert ceiling_for(default_max_connections(1_000_000)) == 4096 * OBJECTS_PER_REQUEST
+    assert ceiling_for(8) == FLOOR  # a small cap keeps the floor
+    assert next_threshold(20_000, 20_000, 0, FLOOR, 80_000) == 40_000  # all alive: run half as often
+    assert next_threshold(80_000, 80_000, 100, FLOOR, 80_000) == 80_000  # not past the ceiling
+    assert next_threshold(80_000, 80_000, 60_000, FLOOR, 80_000) == 40_000  # mostly garbage: twice as often
+    assert next_threshold(20_000, 20_000, 20_000, FLOOR, 80_000) == 20_000  # not under the floor
+    assert next_threshold(40_000, 40_000, 15_000, FLOOR, 80_000) == 40_000  # in between: stays
+
+
+def test_the_young_generation_runs_as_often_as_it_finds_garbage() -> None:
+    """Live objects (requests in flight) raise the threshold; cycles (grpcio leaves some per call) lower it."""
+    young = YoungGeneration(ceiling=80_000)
+    saved, was_enabled = gc.get_threshold(), gc.isenabled()
+    gc.collect()
+    gc.disable()  # only the collections below run, each with the hook
+    young.install()
+    try:
+        assert gc.get_threshold()[0] == FLOOR
+        live = [[] for _ in range(30_000)]
+        gc.collect(0)
+        assert gc.get_threshold()[0] == 40_000
+        more = [[] for _ in range(30_000)]
+        gc.collect(0)
+        assert gc.get_threshold()[0] == 80_000
+        del live, more
+        for _ in range(30_000):
+            cycle: list[object] = []
+            cycle.append(cycle)
+        del cycle
+        gc.collect(0)
+        assert gc.get_threshold()[0] == 40_000
+    finally:
+        young.uninstall()
+        gc.set_threshold(*saved)
+        if was_enabled:
+            gc.enable()
 
 
 def test_only_keys_this_service_signed_are_servable() -> None:

@@ -3,17 +3,24 @@ working, so new clients are served while slow ones hold on (slowloris at a lower
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import select
 import socket
+import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
 
+from mlcomponent.http.connections import GuardedHttpToolsProtocol
 from tests.support import Server, serve, write_manifest
 
 INFER = "/v2/models/test-model/infer"
@@ -194,57 +201,95 @@ def test_a_keep_alive_connections_header_deadline_counts_from_its_last_answer(im
     assert 0.5 < idle < 30, idle
 
 
-async def _hello(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-    assert scope["type"] == "http"
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[operator]
-    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+class Hold:
+    """`/hold` waits until `release` is set; `started` tells the client it is running."""
+
+    started = threading.Event()
+    release: asyncio.Event | None = None
+
+
+async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["path"] == "/hold" and Hold.release is not None:
+        Hold.started.set()
+        await Hold.release.wait()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+class RecordedProtocol(GuardedHttpToolsProtocol):
+    """Keeps a weak reference to each connection and its transport: were they freed?"""
+
+    seen: list[weakref.ref[object]] = []
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        RecordedProtocol.seen += [weakref.ref(self), weakref.ref(transport)]
+        super().connection_made(transport)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset: the server sees an error and aborts its side."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _clients(port: int) -> list[bytes]:
+    """Every way a connection ends: the client closes, the server closes (`Connection: close`), a reset
+    after an answer, a reset while a request runs and another waits behind it (pipelined), and a 431."""
+    heads = []
+    for closing in (b"", b"Connection: close\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + closing + b"\r\n")
+            heads.append(read_answer(sock))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    heads.append(read_answer(sock))
+    _reset(sock)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert Hold.started.wait(10)  # the first runs, the second waits behind it
+    _reset(sock)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-Many: 1\r\n" * 120 + b"\r\n")
+        heads.append(read_until_closed(sock)[:12])
+    return heads
 
 
 def test_a_closed_connection_is_freed_at_once_not_left_to_the_garbage_collector() -> None:
     """Each closed connection used to stay as a cycle (its timer held a method of it; asyncio's transport
     holds one of itself) until the cyclic GC ran: +20 MB under connection churn, and collections."""
-    import asyncio
-    import gc
-    from asyncio.selector_events import _SelectorSocketTransport
-
-    import uvicorn
-
-    from mlcomponent.http.connections import PROTOCOL, GuardedHttpToolsProtocol
-
-    def talk(port: int, count: int) -> list[bytes]:
-        answers = []
-        for i in range(count):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                closing = b"Connection: close\r\n" if i % 2 else b""  # closed by the server, or by the client
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + closing + b"\r\n")
-                answers.append(read_answer(sock))
-        return answers
-
     async def scenario() -> None:
-        config = uvicorn.Config(_hello, host="127.0.0.1", port=0, http=PROTOCOL, loop="asyncio", lifespan="off",
-                                log_level="warning")
+        Hold.started.clear()
+        Hold.release = asyncio.Event()
+        config = uvicorn.Config(_hello, host="127.0.0.1", port=0, http=RecordedProtocol, loop="asyncio",
+                                lifespan="off", log_level="error")
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not server.started and not serving.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert server.started
         try:
             port = server.servers[0].sockets[0].getsockname()[1]
-            answers = await asyncio.to_thread(talk, port, 20)
-            assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+            heads = await asyncio.to_thread(_clients, port)
+            assert [h[:12] for h in heads] == [b"HTTP/1.1 200"] * 3 + [b"HTTP/1.1 431"], heads
+            Hold.release.set()  # its answer finds the reset (reading was paused behind the pipelined request)
             while server.server_state.connections and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)  # until the server has seen every close
-            assert not server.server_state.connections
-            left = [o for o in gc.get_objects() if isinstance(o, GuardedHttpToolsProtocol | _SelectorSocketTransport)]
-            assert left == [], f"{len(left)} closed connections wait for the cyclic GC"
+                await asyncio.sleep(0.01)  # until the server has seen every connection go
+            while any(ref() is not None for ref in RecordedProtocol.seen) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            left = [ref() for ref in RecordedProtocol.seen if ref() is not None]
+            assert len(RecordedProtocol.seen) == 10 and left == [], f"{len(left)} objects wait for the cyclic GC"
         finally:
             server.should_exit = True
             await serving
 
+    RecordedProtocol.seen.clear()
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # only reference counting frees anything during the scenario
     try:
         asyncio.run(scenario())
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()

@@ -121,6 +121,20 @@ def guard() -> Guard:
     return _guard
 
 
+def _nothing() -> None:
+    pass
+
+
+def _drop_self_references(transport: asyncio.BaseTransport) -> None:
+    """asyncio's selector transport keeps bound methods of itself (``_read_ready_cb``; ``_write_ready`` from
+    Python 3.12), cycles that its ``close()`` clears on some paths and ``abort()`` on none. Once the
+    connection is lost it neither reads nor writes: cleared, it and its socket are freed at once."""
+    state = getattr(transport, "__dict__", {})
+    for name in ("_read_ready_cb", "_write_ready"):
+        if name in state:
+            state[name] = None
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,10 +166,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self.check_timer.close()  # it held self._check: a closed connection is freed at once, not by the GC
         super().connection_lost(exc)
-        if getattr(self.transport, "_read_ready_cb", None) is not None:
-            # asyncio's selector transport keeps a bound method of itself (a cycle; uvloop's has none):
-            # it reads no more, so it and its socket go now too
-            self.transport._read_ready_cb = None  # type: ignore[attr-defined]
+        self._unset_keepalive_if_required()  # uvicorn cancels its keep-alive timer only on a clean close
+        for cycle, _app in self.pipeline:  # requests read ahead that will never run: each one's hook for its
+            cycle.on_response = _nothing  # answer is a method of this connection (uvicorn drops it once run)
+        self.pipeline.clear()
+        _drop_self_references(self.transport)
 
     def behind(self, now: float) -> float | None:
         """Seconds this connection is behind: how long its head has been awaited (a head comes in one
