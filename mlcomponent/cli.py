@@ -243,7 +243,7 @@ def _run(options: ServeOptions, settings: Settings) -> None:
                f"{f' and grpc://{host}:{grpc_port}' if grpc_port is not None else ''} "
                f"(workers: {settings.workers}, isolated: {options.isolate}, data: {settings.data_root})", err=True)
     run_server(uvicorn.Config(
-        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL, loop=EVENT_LOOP, ws="none",
+        "mlcomponent.process:app", factory=True, host=host, port=port, http=PROTOCOL, loop=EVENT_LOOP,
         workers=1 if reload else settings.workers, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(options.grace_period), reload=reload,
         reload_dirs=[str(settings.module_root)] if reload else None,
