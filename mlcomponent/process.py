@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import os
 
-from mlcomponent.garbage import YoungGeneration, ceiling_for
+from mlcomponent.garbage import FLOOR, YoungGeneration, ceiling_for
 from mlcomponent.http.app import create_app
 from mlcomponent.http.connections import default_max_connections
 from mlcomponent.http.gateway import Gateway
@@ -38,7 +38,6 @@ def app() -> Gateway:
     # are freed by reference counting.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(FLOOR, 50, 100)
     YoungGeneration(ceiling_for(options.max_connections or default_max_connections())).install()
     return app
-

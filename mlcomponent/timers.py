@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Callable
 
 
-def _nothing() -> None:
-    pass
+def do_nothing() -> None:
+    """A callback that holds nothing (what a closed timer, or a dropped hook, is left with)."""
 
 
 class EarliestTimer:
@@ -44,7 +44,7 @@ class EarliestTimer:
         """Cancel it and let go of the callback: an owner whose bound method it held is then freed by
         reference counting when it goes, not left as a cycle for the garbage collector."""
         self.cancel()
-        self.callback = _nothing
+        self.callback = do_nothing
 
     def _fire(self) -> None:
         self._handle = None

@@ -43,7 +43,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
-from mlcomponent.timers import EarliestTimer
+from mlcomponent.timers import EarliestTimer, do_nothing
 
 PROTOCOL = "mlcomponent.http.connections:GuardedHttpToolsProtocol"
 REPORT_EVERY = 10.0  # seconds between two log lines of one kind
@@ -121,10 +121,6 @@ def guard() -> Guard:
     return _guard
 
 
-def _nothing() -> None:
-    pass
-
-
 def _drop_self_references(transport: asyncio.BaseTransport) -> None:
     """asyncio's selector transport keeps bound methods of itself (``_read_ready_cb``; ``_write_ready`` from
     Python 3.12), cycles that its ``close()`` clears on some paths and ``abort()`` on none. Once the
@@ -168,7 +164,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         self._unset_keepalive_if_required()  # uvicorn cancels its keep-alive timer only on a clean close
         for cycle, _app in self.pipeline:  # requests read ahead that will never run: each one's hook for its
-            cycle.on_response = _nothing  # answer is a method of this connection (uvicorn drops it once run)
+            cycle.on_response = do_nothing  # answer is a method of this connection (uvicorn drops it once run)
         self.pipeline.clear()
         _drop_self_references(self.transport)
 
