@@ -25,9 +25,11 @@ def upload(url: str, mode: str = "normal") -> httpx.Response:
 
 
 def local_keys(data_root: Path) -> list[str]:
+    """The files in the local file box now. ``os.walk`` skips a folder the server's sweep removes while
+    it looks (``rglob`` raised FileNotFoundError on one, a flaky failure of the observer, not the sweep)."""
     box = data_root / "boxes" / "users"
-    return sorted(p.relative_to(box).as_posix() for p in (box / "mlcomponent").rglob("*") if p.is_file()) \
-        if (box / "mlcomponent").exists() else []
+    return sorted((Path(folder) / name).relative_to(box).as_posix()
+                  for folder, _, names in os.walk(box / "mlcomponent") for name in names)
 
 
 def test_local_box_keeps_files_for_keep_files_and_refuses_what_it_did_not_write(tmp_path: Path) -> None:
