@@ -54,6 +54,7 @@ class Metrics(Observer):
                                 "not_ready, queue_full (--max-queue), queue_wait (--max-queue-wait), deadline (the "
                                 "request's own).", ["reason"], registry=registry)
         self._children: dict[tuple[str, int | str, str], tuple[Counter, Histogram]] = {}
+        self._refusal_children: dict[str, Counter] = {}
 
     def observe_request(self, endpoint: str, status: int | str, seconds: float, transport: str = "http") -> None:
         key = (endpoint, status, transport)
@@ -80,7 +81,10 @@ class Metrics(Observer):
         self.queue_wait_seconds.observe(seconds)
 
     def refused(self, reason: str) -> None:
-        self.refusals.labels(reason).inc()
+        child = self._refusal_children.get(reason)  # under overload this runs thousands of times a second
+        if child is None:
+            child = self._refusal_children[reason] = self.refusals.labels(reason)
+        child.inc()
 
     def model_loaded(self, seconds: float) -> None:
         self.model_load.set(seconds)

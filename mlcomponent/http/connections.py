@@ -42,6 +42,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from mlcomponent.http.early import ANSWERED, AnswerEarly, answer_early_of, render
 from mlcomponent.options import DEFAULTS, OPTIONS_ENV, ServeOptions
 from mlcomponent.timers import EarliestTimer, do_nothing
 
@@ -149,11 +150,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.phase_bytes = 0  # bytes of that phase so far
         self.window_bytes = 0  # body bytes in the current --body-timeout window
         self.refused = False  # answered 431: nothing more is parsed
+        self.answer_early: AnswerEarly | None = None  # the app's early answers (admission's refusals), early.py
 
     # ----------------------------------------------------------------------- connections
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.answer_early = answer_early_of(self.app)
         self._await_headers()
         if len(self.connections) > self.guard.max_connections:
             self._make_room()
@@ -255,10 +258,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting_for_headers = False
         self.in_headers = False
         self.header_deadline = None
+        if self._answered_early():
+            return
         super().on_headers_complete()
         self.phase_since = now = self.loop.time()
         self.phase_bytes = self.window_bytes = 0
         self._await_body(now)
+
+    def _answered_early(self) -> bool:
+        """Whether the app answered this request from its head (a refusal, ``early.py``): written now, its
+        body discarded as it comes. Only with nothing else in hand, in order and without backpressure: no
+        request before it unanswered, no answer waiting to be written, no ``Expect: 100-continue``."""
+        answer_early = self.answer_early
+        parser = self.parser
+        if (answer_early is None or parser.get_method() != b"POST" or self.expect_100_continue or self.pipeline
+                or self.flow.write_paused or not (self.cycle is None or self.cycle.response_complete)
+                or parser.should_upgrade()):
+            return False
+        answer = answer_early("POST", self.url, self.root_path, self.headers)
+        if answer is None:
+            return False
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        self.cycle = ANSWERED
+        self.transport.write(render(answer, self.server_state.default_headers, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+        return True
 
     # ----------------------------------------------------------------------- header limits
 

@@ -2,21 +2,26 @@
 
 Pure ASGI because every request passes here. ``POST …/infer`` goes straight to the
 infer endpoint (the same object the route table holds) without Starlette's routing;
-everything else goes to the Starlette app. Bench numbers are in docs/benchmarks.md.
+everything else goes to the Starlette app. Admission's refusals are answered before
+all that, by the connection (``answer_early``, ``early.py``), with the same id, auth,
+metrics and error text. Bench numbers are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlcomponent.http.early import Answer, Headers, request_path
 from mlcomponent.http.infer import InferEndpoint, model_of_infer_path
-from mlcomponent.http.responses import HIDE_ERRORS, JSON_HEADERS, header, respond
+from mlcomponent.http.responses import HIDE_ERRORS, JSON_HEADERS, error_payload, header, respond
 from mlcomponent.metrics import Metrics
 from mlcomponent.serving.auth import Auth
 from mlcomponent.serving.requests import Requests
 
+UNSAFE_IN_HEADER = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses to write in a header value
 UNAUTHORIZED = b'{"error":"this endpoint needs `Authorization: Bearer <token>`; the token was missing or wrong"}'
 
 
@@ -68,3 +73,31 @@ class Gateway:
                 await self.infer(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+
+    def answer_early(self, method: str, url: bytes, root_path: str, headers: Headers) -> Answer | None:
+        """The answer to an infer request that admission refuses now, before its body is read or a request
+        cycle is made (``early.py``): 503 with ``Retry-After``, as the infer endpoint would give it. None
+        for anything else (not an infer request for this model, not authorized, admitted): the app answers.
+        """
+        plane = self.infer.plane
+        if method != "POST" or not plane.refused_recently():  # admitted requests leave here: see early.py
+            return None
+        path = request_path(url, root_path)
+        if model_of_infer_path(path) != plane.model_name:
+            return None
+        scope: Scope = {"method": method, "path": path, "headers": headers}
+        if self.auth.token is not None and not self.auth.allows("infer", header(scope, b"authorization")):
+            return None
+        refused = plane.refusal()
+        if refused is None:
+            return None
+        given = header(scope, b"x-request-id")
+        if given is not None and UNSAFE_IN_HEADER.search(given):
+            given = None  # never written back into a header: a fresh id instead
+        with self.requests.track("infer", given.decode("latin-1") if given else None, 503) as tracked:
+            if self.hide_errors:
+                scope[HIDE_ERRORS] = True
+            status, body, extra = error_payload(refused, scope)
+            tracked.status = status
+        return status, [*extra, (b"content-length", b"%d" % len(body)),
+                        (b"x-request-id", given or tracked.id.encode("latin-1"))], body

@@ -11,6 +11,7 @@ the answer), parses its own encoding into the V2 body, calls ``infer``, and enco
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class DataPlane:
         self.file_keys: FileKeys | None = None  # signs output keys (set by the service)
         self.batcher: Batcher | None = None  # set at start-up when the function declares Batching
         self.admitted = 0  # requests let in by ``request_scope`` and not answered
+        self.last_refused = -math.inf  # time.monotonic() of the latest refusal (``refused_recently``)
         self.calls = 0  # requests in ``infer`` and not answered, each one call (without batching)
 
     @property
@@ -119,22 +121,32 @@ class DataPlane:
 
     def admit(self) -> None:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
+
+    def refusal(self) -> Refused | None:
+        """The 503 a new request gets now (counted), or None: it may queue."""
         state = self.health.state
         if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
             because = f": {self.reason}" if self.reason else f" ({self.health.describe()})"
-            self._refuse(Refusal("not_ready", f"not ready{because}", 1))
+            return self._refused(Refusal("not_ready", f"not ready{because}", 1))
         if self.runner.unavailable is not None:  # no worker can be started: say so now, not after the deadline
-            self._refuse(Refusal("not_ready", f"not ready: {self.runner.unavailable}", 1))
+            return self._refused(Refusal("not_ready", f"not ready: {self.runner.unavailable}", 1))
         if self.queued >= self.limits.max_queue:
-            self._refuse(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
-                                 f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
+            return self._refused(Refusal("queue_full", f"busy: {self.queued} requests are already waiting "
+                                         f"(--max-queue {self.limits.max_queue}); retry shortly", 1))
         refusal = self.admission.over_budget(self.calls_ahead)
-        if refusal is not None:
-            self._refuse(refusal)
+        return None if refusal is None else self._refused(refusal)
 
-    def _refuse(self, refusal: Refusal) -> None:
+    def refused_recently(self, within: float = 1.0) -> bool:
+        """Whether a request was refused in the last ``within`` seconds: the service is shedding load."""
+        return time.monotonic() - self.last_refused < within
+
+    def _refused(self, refusal: Refusal) -> Refused:
+        self.last_refused = time.monotonic()
         self.observer.refused(refusal.reason)
-        raise Refused(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
+        return Refused(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
 
     def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
         """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""
@@ -142,7 +154,7 @@ class DataPlane:
             return
         refusal = self.admission.past_deadline(calls_ahead, deadline - asyncio.get_running_loop().time())
         if refusal is not None:
-            self._refuse(refusal)
+            raise self._refused(refusal)
 
     def decode(self, body: Any) -> InferenceRequest:
         request = decode_request(body, self.spec)

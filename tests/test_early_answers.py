@@ -1,0 +1,269 @@
+"""Refusals answered by the connection, before the ASGI app (``http/early.py``).
+
+Two levels. The connection's mechanics, in-process against a real uvicorn server and an app
+that offers ``answer_early`` and counts what reaches it: the answer is written from the head,
+the body is discarded, the connection stays usable, pipelined requests keep their order, and
+whatever the connection may not answer goes to the app. Then the real service, its function
+held by a gate: the refusal it answers early is the one its app gives (same status, headers
+and error), with the client's request id or a minted one, after auth, and counted the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from mlcomponent.http.connections import GuardedHttpToolsProtocol
+from mlcomponent.http.early import Answer
+from tests.support import HTTP, serve, write_manifest
+
+REFUSAL = b'{"error":"busy"}'
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+class RefusingApp:
+    """Refuses ``POST /refuse`` early; whatever reaches the app is answered with ``x-answered-by: app`` and
+    recorded. ``/hold`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.reached: list[str] = []
+        self.holding = threading.Event()
+        self.release: asyncio.Event | None = None
+
+    def answer_early(self, method: str, url: bytes, root_path: str,
+                     headers: Sequence[tuple[bytes, bytes]]) -> Answer | None:
+        if method == "POST" and url == b"/refuse":
+            return 503, [(b"retry-after", b"1"), (b"content-length", b"%d" % len(REFUSAL))], REFUSAL
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.reached.append(f"{scope['method']} {scope['path']}")
+        if scope["path"] == "/hold" and self.release is not None:
+            self.holding.set()
+            await self.release.wait()
+        while (await receive()).get("more_body"):
+            pass
+        body = b"app"
+        await send({"type": "http.response.start", "status": 503 if scope["path"] == "/refuse" else 200,
+                    "headers": [(b"x-answered-by", b"app"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class RecordedProtocol(GuardedHttpToolsProtocol):
+    seen: list[weakref.ref[object]] = []
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        RecordedProtocol.seen.append(weakref.ref(self))
+        super().connection_made(transport)
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """An answer's head, byte by byte: nothing after it is read."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(1)
+        assert chunk, f"closed mid-answer: {received!r}"
+        received += chunk
+    return received[:-4]
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One answer: its head and its Content-Length of body (nothing more is read)."""
+    head = read_head(sock)
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        assert chunk, f"closed mid-body: {head!r}"
+        body += chunk
+    return head, body
+
+
+def post(path: str, body: bytes = b"{}", extra: bytes = b"", version: bytes = b"1.1") -> tuple[bytes, bytes]:
+    """A request's head and body, apart: a test may send the head alone first."""
+    return (b"POST %s HTTP/%s\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n" % (path.encode(), version, len(body), extra),
+            body)
+
+
+def in_process(scenario: Callable[[int, RefusingApp], None]) -> None:
+    """Run ``scenario(port, app)`` in a thread against a real uvicorn server on loopback (GC off: what the
+    connections leave is freed by reference counting alone, as for any other connection)."""
+    app = RefusingApp()
+
+    async def main() -> None:
+        app.release = asyncio.Event()
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=RecordedProtocol, loop="asyncio",
+                                lifespan="off", log_level="error")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 20
+        while not server.started and not serving.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.started
+        try:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            running = asyncio.create_task(asyncio.to_thread(scenario, port, app))
+            await asyncio.to_thread(app.holding.wait, 20)
+            app.release.set()
+            await running
+            while server.server_state.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            left = [ref() for ref in RecordedProtocol.seen if ref() is not None]
+            assert RecordedProtocol.seen and left == [], f"{len(left)} connections wait for the cyclic GC"
+        finally:
+            server.should_exit = True
+            await serving
+
+    RecordedProtocol.seen.clear()
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(main())
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def test_the_connection_answers_a_refusal_from_its_head_and_keeps_every_other_request_in_order() -> None:
+    def scenario(port: int, app: RefusingApp) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            head, body = post("/refuse", b'{"big": "' + b"x" * 5000 + b'"}')
+            sock.sendall(head)  # the body is not sent yet: the refusal comes from the head alone
+            answer, text = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and text == REFUSAL
+            assert b"\r\nretry-after: 1\r\n" in answer and b"\r\nserver: uvicorn\r\n" in answer
+            assert b"\r\ndate: " in answer and b"connection: close" not in answer
+            sock.sendall(body)  # discarded as it comes; the connection goes on
+            sock.sendall(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+            after, text = read_answer(sock)
+            assert after.startswith(b"HTTP/1.1 200") and text == b"app"
+            assert app.reached == ["GET /after"]
+
+            # pipelined in one write: refused, refused, served: three answers in that order
+            sock.sendall(b"".join((*post("/refuse"), *post("/refuse"), b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")))
+            answers = [read_answer(sock) for _ in range(3)]
+            assert [(a[:12], b) for a, b in answers] == [(b"HTTP/1.1 503", REFUSAL), (b"HTTP/1.1 503", REFUSAL),
+                                                        (b"HTTP/1.1 200", b"app")]
+            assert app.reached == ["GET /after", "GET /second"]
+
+            # behind a request still running, a refusal waits its turn through the app: nothing jumps the queue
+            sock.sendall(b"".join((b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n", *post("/refuse"))))
+            held, after_held = read_answer(sock), read_answer(sock)
+            assert held[0].startswith(b"HTTP/1.1 200") and after_held == (after_held[0], b"app")
+            assert after_held[0].startswith(b"HTTP/1.1 503") and b"x-answered-by: app" in after_held[0]
+
+            # Expect: 100-continue is the app's to answer (it decides whether the body comes)
+            sock.sendall(post("/refuse", extra=b"Expect: 100-continue\r\n")[0])
+            assert read_head(sock).startswith(b"HTTP/1.1 100 Continue")  # the app asked for the body
+            sock.sendall(b"{}")
+            answer, text = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 503") and b"x-answered-by: app" in answer and text == b"app"
+        assert app.reached[-2:] == ["POST /refuse", "POST /refuse"]
+
+        for closing, version in ((b"Connection: close\r\n", b"1.1"), (b"", b"1.0")):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(b"".join(post("/refuse", extra=closing, version=version)))
+                answer, text = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 503") and b"\r\nconnection: close" in answer.lower()
+                assert sock.recv(1) == b""  # and the server closed it
+        assert len(app.reached) == 5  # no early answer reached the app
+
+    in_process(scenario)
+
+
+@contextmanager
+def held_service(tmp_path: Path) -> Iterator[tuple[str, Path, Callable[[], None]]]:
+    """The service, --max-queue-wait 1 ms, bearer token ``s3cret``, with one call held by a gate (so any other
+    request is refused: its expected wait is over the budget); yields its URL, the calls log and the release."""
+    log = tmp_path / "calls.log"
+    gates = [tmp_path / "gate0", tmp_path / "gate1"]
+    with serve(write_manifest(tmp_path, "behaviours.inference"), "--max-queue-wait", "0.001", "--auth-token-env",
+               "MLC_TOKEN", data_root=tmp_path / "data", env={"CALL_LOG": str(log), "MLC_TOKEN": "s3cret"}) as server, \
+            ThreadPoolExecutor(2) as pool:
+        infer = server.url + "/v2/models/test-model/infer"
+
+        def gated(gate: Path) -> Any:
+            return pool.submit(HTTP.post, infer, json=body("gate", path=str(gate)), headers=AUTH, timeout=120)
+
+        def calls() -> int:
+            return len(log.read_text().splitlines()) if log.exists() else 0
+
+        first = gated(gates[0])  # a call that lasts at least one poll of its gate: the estimate is over 1 ms
+        wait_for(lambda: calls() == 1)
+        gates[0].touch()
+        assert first.result().status_code == 200
+        held = gated(gates[1])
+        wait_for(lambda: calls() == 2)
+        yield server.url, log, gates[1].touch
+        assert held.result().status_code == 200
+
+
+def body(action: str, **parameters: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
+            "parameters": {"do": action, **parameters}}
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_the_service_answers_a_refusal_early_as_its_app_would(tmp_path: Path) -> None:
+    payload = httpx.Request("POST", "http://t", json=body("echo")).content
+    infer = b"/v2/models/test-model/infer"
+    with held_service(tmp_path) as (url, log, release):
+        port = int(url.rsplit(":", 1)[1])
+        # the first refusal goes through the app; from then on (shedding load) the connection answers them
+        assert HTTP.post(url + infer.decode(), json=body("echo"), headers=AUTH).status_code == 503
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # early: from the head alone, the client's request id echoed
+            head = post(infer.decode(), payload, b"Authorization: Bearer s3cret\r\nX-Request-ID: mine-1\r\n")
+            sock.sendall(head[0])
+            early, early_text = read_answer(sock)
+            sock.sendall(head[1])
+            # the app's way (Expect: 100-continue is never answered early): the same refusal
+            sock.sendall(post(infer.decode(), payload, b"Authorization: Bearer s3cret\r\nExpect: 100-continue\r\n")[0])
+            by_app, app_text = read_answer(sock)
+            sock.sendall(payload)  # the app refused without asking for it; the parser still expects it
+            # no token: 401 first, as the app says it
+            sock.sendall(b"".join(post(infer.decode(), payload)))
+            unauthorized, _ = read_answer(sock)
+        assert early.startswith(b"HTTP/1.1 503") and by_app.startswith(b"HTTP/1.1 503"), (early, by_app)
+        assert early_text == app_text and b"--max-queue-wait" in early_text
+        assert b"\r\nx-request-id: mine-1" in early
+        assert re.search(rb"\r\nx-request-id: [0-9a-f]+-[0-9a-f]+-[0-9a-f]+\b", by_app)  # minted
+        assert names(early) == names(by_app) == ["date", "server", "content-type", "retry-after", "content-length",
+                                                 "x-request-id"]
+        assert values(early, "retry-after") == values(by_app, "retry-after") == "1"
+        assert unauthorized.startswith(b"HTTP/1.1 401")
+        metrics = HTTP.get(url + "/metrics").text
+        assert 'mlcomponent_refusals_total{reason="queue_wait"} 3.0' in metrics
+        assert 'mlcomponent_requests_total{endpoint="infer",status="503",transport="http"} 3.0' in metrics
+        release()
+    assert len(log.read_text().splitlines()) == 2  # the refused never ran
+
+
+def names(head: bytes) -> list[str]:
+    return [line.split(b":")[0].decode().lower() for line in head.split(b"\r\n")[1:]]
+
+
+def values(head: bytes, name: str) -> str:
+    return next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")[1:]
+                if line.lower().startswith(name.encode() + b":"))
