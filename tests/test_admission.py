@@ -8,6 +8,8 @@ every decision below is exact, whatever the machine's load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +153,33 @@ def test_a_request_that_fits_is_queued_one_that_does_not_is_refused_at_once(tmp_
                     for reason in ("queue_wait", "deadline")}
         assert refusals == {"queue_wait": 1.0, "deadline": 1.0}
         assert recorder.registry.get_sample_value("mlcomponent_queue_wait_seconds_count") == 5.0
+    run_served(tmp_path, "behaviours.inference", scenario)
+
+
+def test_a_refusal_leaves_no_garbage_for_the_cyclic_collector(tmp_path: Path, call_log: Path) -> None:
+    """Under overload refusals come by the thousand a second; each used to leave a cycle (the raising frame
+    held its own error), and a collection of them paused the server for tens of milliseconds."""
+    gate = tmp_path / "gate"
+
+    async def scenario(plane: DataPlane, recorder: Recorder) -> None:
+        plane.admission = Admission(1.0, ServiceTime(Clock()))
+        plane.admission.service.seconds = 2.0  # a call takes 2 s: anything behind one is over the 1 s budget
+        held = asyncio.ensure_future(infer(plane, body("gate", path=str(gate))))
+        await until(lambda: plane.calls_ahead == 1)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                with contextlib.suppress(NotReady):
+                    plane.admit()
+                assert plane.refusal() is not None
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+        assert unreachable == 0
+        assert recorder.registry.get_sample_value("mlcomponent_refusals_total", {"reason": "queue_wait"}) == 100.0
+        gate.touch()
+        assert not isinstance(await held, MLComponentError)
     run_served(tmp_path, "behaviours.inference", scenario)
 
 

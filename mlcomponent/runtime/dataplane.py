@@ -122,8 +122,12 @@ class DataPlane:
     def admit(self) -> None:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
         refused = self.refusal()
-        if refused is not None:
+        if refused is None:
+            return
+        try:
             raise refused
+        finally:
+            del refused  # else this frame, held by the traceback, holds the error: a cycle for the GC per refusal
 
     def refusal(self) -> Refused | None:
         """The 503 a new request gets now (counted), or None: it may queue."""
