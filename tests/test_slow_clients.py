@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from mlcomponent.http.connections import GuardedHttpToolsProtocol
+from mlcomponent.http.connections import Guard, GuardedHttpToolsProtocol
 from tests.support import Server, serve, write_manifest
 
 INFER = "/v2/models/test-model/infer"
@@ -293,3 +293,53 @@ def test_a_closed_connection_is_freed_at_once_not_left_to_the_garbage_collector(
     finally:
         if was_enabled:
             gc.enable()
+
+
+class QuickProtocol(GuardedHttpToolsProtocol):
+    """--header-timeout 4 s (the guard's), with uvicorn's keep-alive at 2 s (the server's config)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = Guard(header_timeout=4.0, body_timeout=30.0, max_connections=100)
+
+
+def _idle_after_answer(port: int, then: bytes | None) -> tuple[bytes, float]:
+    """One answered request (none when ``then`` is None: a fresh connection), then ``then`` (part of a head) or
+    nothing; returns what the server sent afterwards until it closed, and after how long."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        if then is not None:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_answer(sock).startswith(b"HTTP/1.1 200")
+        idle_from = time.monotonic()
+        if then:
+            sock.sendall(then)
+        return read_until_closed(sock), time.monotonic() - idle_from
+
+
+def test_an_idle_kept_alive_connection_closes_quietly_after_keep_alive_and_a_partial_head_gets_408() -> None:
+    """uvicorn's keep-alive timeout, kept by the connection's own timer: an idle connection closes without a
+    word 2 s after its last answer; one that began a head waits for --header-timeout (408); a new connection
+    that sends nothing is held to --header-timeout, as before its first request uvicorn has no keep-alive."""
+    async def scenario() -> None:
+        config = uvicorn.Config(_hello, host="127.0.0.1", port=0, http=QuickProtocol, loop="asyncio",
+                                lifespan="off", log_level="error", timeout_keep_alive=2)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 20
+        while not server.started and not serving.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.started
+        try:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            idle, partial, fresh = await asyncio.gather(
+                asyncio.to_thread(_idle_after_answer, port, b""),
+                asyncio.to_thread(_idle_after_answer, port, b"GET / HTTP/1.1\r\n"),
+                asyncio.to_thread(_idle_after_answer, port, None))
+        finally:
+            server.should_exit = True
+            await serving
+        assert idle[0] == b"" and idle[1] >= 1.9, idle  # had keep-alive not closed it, 408 would come at 4 s
+        assert partial[0].startswith(b"HTTP/1.1 408") and partial[1] >= 3.9, partial
+        assert fresh[0].startswith(b"HTTP/1.1 408") and fresh[1] >= 3.9, fresh
+
+    asyncio.run(scenario())

@@ -142,6 +142,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_window_end: float | None = None  # loop time at which the body's --body-timeout window ends
         self.check_timer = EarliestTimer(self._check)  # one timer for both, re-armed only when it fires early
         self.write_timer: asyncio.TimerHandle | None = None
+        self.keep_alive_end: float | None = None  # loop time at which an idle kept-alive connection closes
         self.in_headers = True  # the next bytes belong to a request's head (counted for the header limits)
         self.head_bytes = 0
         self.head_lines = 0
@@ -226,7 +227,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         now = self.loop.time()
-        header, body = self.header_deadline, self.body_window_end
+        header, body, idle_end = self.header_deadline, self.body_window_end, self.keep_alive_end
+        if idle_end is not None and self.waiting_for_headers and self.phase_bytes == 0:
+            if now >= idle_end:  # uvicorn's keep-alive timeout: nothing since the last answer
+                self.transport.close()
+                return
+            self._arm(idle_end)
         if header is not None and self.waiting_for_headers:
             if now >= header:
                 self._headers_too_slow()
@@ -238,13 +244,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._arm(body)
 
-    def _await_headers(self) -> None:
+    def _await_headers(self, keep_alive: bool = False) -> None:
+        """The next request's headers are awaited: from a new connection, or (``keep_alive``) after an answer,
+        when the connection also closes, quietly, if nothing at all arrives within --timeout-keep-alive."""
         self.waiting_for_headers = True
         self.idle_since = self.phase_since = now = self.loop.time()
         self.phase_bytes = 0
         self.body_window_end = None
         self.header_deadline = deadline = now + self.guard.header_timeout
-        self._arm(deadline)
+        self.keep_alive_end = end = now + self.timeout_keep_alive if keep_alive else None
+        self._arm(deadline if end is None else min(deadline, end))
 
     def _headers_too_slow(self) -> None:
         client = _peer(self.client)
@@ -257,7 +266,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.waiting_for_headers = False
         self.in_headers = False
-        self.header_deadline = None
+        self.header_deadline = self.keep_alive_end = None
         if self._answered_early():
             return
         super().on_headers_complete()
@@ -330,10 +339,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_tail = b""
 
     def on_response_complete(self) -> None:
-        pipelined = bool(self.pipeline)  # the next request's headers are already here
-        super().on_response_complete()
-        if not pipelined and not self.transport.is_closing():
-            self._await_headers()  # idle (keep-alive): the next request's headers have a deadline too
+        """uvicorn's, but its keep-alive timer is our check timer's: uvicorn arms a timer after every answer and
+        cancels it at the next request, and at 1,000 connections that heap of timers cost 3–6% of the
+        throughput (docs/benchmarks.md). The idle connection still closes after --timeout-keep-alive."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next request's headers are already here: it runs now
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._await_headers(keep_alive=True)  # idle: closed quietly past keep-alive, 408 past --header-timeout
 
     # ----------------------------------------------------------------------- body deadline
 
@@ -399,4 +416,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.write_timer is not None:
             self.write_timer.cancel()
         self.write_timer = None
-        self.header_deadline = self.body_window_end = None
+        self.header_deadline = self.body_window_end = self.keep_alive_end = None
