@@ -15,9 +15,9 @@ includes its own delays (one Python loop with up to 1,000 connections on a share
 core), so two probes, separate processes, each send a request every 50 ms during each run,
 each on its own connection and thread, and time the refusals. One shares the server's core
 (CPU 1): it takes its CPU from the server, and it measures the server's latency. The other
-shares the load generator's core (CPU 0): it also measures the load generator's own
-scheduling (when ~300 of its clients wake and reconnect together it holds that core for tens
-of milliseconds; the load client's refusal p99 shows it), so its tail is the client's, not the
+shares the load generator's core (CPU 0), as the one probe before 2026-12-05 did (compare
+history with that column): it also measures the load generator's own scheduling, when many
+of its clients wake together. Slow refusals that both probes see at the same moment are the
 server's. The probes stop half a second before the load does: when the load stops, its
 ~1,000 connections close at once, and a refusal among them waits for the server to see them
 all go (up to ~60 ms at 1,000): that is the load generator's teardown, not the load.
@@ -60,49 +60,57 @@ class Tally:
     probed: dict[int, list[float]] = field(default_factory=dict)  # each probe's refusals (seconds), by its CPU
 
 
-async def connection(port: int, path: str, stop: float, tally: Tally) -> None:
+async def connection(port: int, path: str, stop: float, tally: Tally, reconnect: bool) -> None:
+    """One client: requests back to back; after a refusal it waits its Retry-After, then sends again on its
+    connection while the server still holds it (a wait under its keep-alive), as a pooled client (requests'
+    ``Session``, httpx) does, else (or with ``reconnect``, the model before 2026-12-05 13:20) on a new one.
+    A connection that fails is counted in ``other`` and replaced."""
     request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.monotonic() < stop:
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-            await reader.readexactly(int(headers.get("content-length", "0")))
-            seconds = time.perf_counter() - started
-            status = int(lines[0].split()[1])
-            if status == 200:
-                tally.served.append(seconds)
-            elif status == 503:
-                tally.refused.append(seconds)
-                retry = headers.get("retry-after")
-                if retry is not None:
-                    tally.refused_with_retry_after += 1
-                    await asyncio.sleep(min(float(retry), max(0.0, stop - time.monotonic())))
-                    if time.monotonic() >= stop:
-                        break  # the run is over: no connection opened only to be closed
-                    if float(retry) >= SERVER_KEEP_ALIVE or reader.at_eof():
-                        writer.close()  # the server has closed it (idle past its keep-alive): a new one
-                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    continue  # else on the same connection, as a pooled client (requests' Session, httpx) does
-            else:
+            try:
+                new_connection = await exchange(reader, writer, request, stop, tally, reconnect)
+            except (OSError, asyncio.IncompleteReadError):
                 tally.other += 1
-            if headers.get("connection") == "close" and time.monotonic() < stop:
+                new_connection = True
+            if new_connection and time.monotonic() < stop:  # no connection opened only to be closed
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except (OSError, asyncio.IncompleteReadError):
-        tally.other += 1
     finally:
         writer.close()
 
 
-async def load(port: int, path: str, connections: int, seconds: float) -> Tally:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, stop: float,
+                   tally: Tally, reconnect: bool) -> bool:
+    """One request and its answer (and a refusal's wait); whether the next needs a new connection."""
+    started = time.perf_counter()
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    seconds = time.perf_counter() - started
+    status = int(lines[0].split()[1])
+    if status == 200:
+        tally.served.append(seconds)
+    elif status == 503:
+        tally.refused.append(seconds)
+        retry = headers.get("retry-after")
+        if retry is not None:
+            tally.refused_with_retry_after += 1
+            await asyncio.sleep(min(float(retry), max(0.0, stop - time.monotonic())))
+            return reconnect or float(retry) >= SERVER_KEEP_ALIVE or reader.at_eof()
+    else:
+        tally.other += 1
+    return headers.get("connection") == "close"
+
+
+async def load(port: int, path: str, connections: int, seconds: float, reconnect: bool = False) -> Tally:
     tally = Tally()
     stop = time.monotonic() + seconds
-    await asyncio.gather(*(connection(port, path, stop, tally) for _ in range(connections)))
+    await asyncio.gather(*(connection(port, path, stop, tally, reconnect) for _ in range(connections)))
     return tally
 
 
@@ -142,7 +150,7 @@ def probe(port: int, path: str, until: float, cpu: int) -> None:
     print(orjson.dumps(refusals).decode())
 
 
-async def measured(port: int, path: str, connections: int, seconds: float) -> Tally:
+async def measured(port: int, path: str, connections: int, seconds: float, reconnect: bool = False) -> Tally:
     """The load, with the probes beside it (started once the load has filled the queue)."""
     until = time.monotonic() + seconds - PROBE_TAIL
 
@@ -155,7 +163,7 @@ async def measured(port: int, path: str, connections: int, seconds: float) -> Ta
         return list(orjson.loads(out))
     gc.disable()  # a collection in the load generator (up to 17 ms seen) holds all its clients, then lets
     try:  # them go together: a wave the server never had from independent clients
-        tally, *refusals = await asyncio.gather(load(port, path, connections, seconds),
+        tally, *refusals = await asyncio.gather(load(port, path, connections, seconds, reconnect),
                                                 *(probing(cpu) for cpu in PROBE_CPUS))
     finally:
         gc.enable()
@@ -186,6 +194,8 @@ def main() -> None:
     parser = bench.arguments(__doc__, "admission.md")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--connections", default="50,200,1000")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="a refused client connects anew after every Retry-After (the model before 2026-12-05)")
     args = parser.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})  # the client on CPU 0; the server is pinned to CPU 1
     levels = [int(c) for c in args.connections.split(",")]
@@ -201,11 +211,11 @@ def main() -> None:
         with bench.running(server, port, work / f"{mode}.log"):
             run(load(port, server.path, 4, 2))  # the estimate learns the service time
             for connections in levels:
-                tally = run(measured(port, server.path, connections, args.seconds))
+                tally = run(measured(port, server.path, connections, args.seconds, args.reconnect))
                 rows.append((mode, connections, tally))
                 print(f"   batching {mode} @{connections}: {len(tally.served)} served, {len(tally.refused)} refused",
                       file=sys.stderr)
-    table = render(rows, args.seconds)
+    table = render(rows, args.seconds, args.reconnect)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
@@ -215,11 +225,12 @@ def probed(refusals: list[float]) -> str:
     return f"{len(refusals)}, {percentile(refusals, 0.5) * 1000:.1f} / {percentile(refusals, 0.99) * 1000:.1f}"
 
 
-def render(rows: list[tuple[str, int, Tally]], seconds: float) -> str:
+def render(rows: list[tuple[str, int, Tally]], seconds: float, reconnect: bool = False) -> str:
     load = os.getloadavg()
     lines = [f"Machine: {bench.machine('an asyncio client')}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
              f"{load[2]:.1f}. Fixed-cost model, {COST * 1000:.0f} ms a call, --max-queue-wait {BUDGET:g}, "
-             f"{seconds:g} s per run.", "",
+             f"{seconds:g} s per run; a refused client "
+             f"{'connects anew after every Retry-After (--reconnect)' if reconnect else 'reuses its connection'}.", "",
              "| batching | connections | served | served p50 / p99 / max s | over budget + 1 call | refused | "
              "refusal p50 / p99 ms | refusals with Retry-After | probe beside the server (CPU 1): refusals, p50 / p99 "
              "ms | probe beside the load generator (CPU 0): refusals, p50 / p99 ms | other errors |",

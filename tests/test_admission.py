@@ -172,7 +172,7 @@ def test_a_refusal_leaves_no_garbage_for_the_cyclic_collector(tmp_path: Path, ca
             for _ in range(50):
                 with contextlib.suppress(NotReady):
                     plane.admit()
-                assert plane.refusal() is not None
+                assert plane.refuse_now() is not None
             unreachable = gc.collect()
         finally:
             gc.enable()

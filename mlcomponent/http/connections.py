@@ -27,6 +27,12 @@ one line per kind every 10 s, with a count):
   when every other connection is busy with a request or keeping up, the newcomer gets
   ``503`` and is closed.
 
+- **early answers** (``early.py``): while the service is shedding load, an infer request
+  that admission refuses is answered from its head, before uvicorn makes a request cycle;
+  its body is discarded as it arrives, and the next request's header deadline starts at
+  that answer, as after any answer. uvicorn's keep-alive timeout is kept by the same
+  check timer as the deadlines (uvicorn arms and cancels a timer per request).
+
 uvicorn is told to use it by import string (``serve`` sets ``http=PROTOCOL``), so every
 worker process builds its own from the options ``serve`` passes in the environment.
 """
@@ -38,6 +44,7 @@ import logging
 import os
 import resource
 import time
+import traceback
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -152,6 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.window_bytes = 0  # body bytes in the current --body-timeout window
         self.refused = False  # answered 431: nothing more is parsed
         self.answer_early: AnswerEarly | None = None  # the app's early answers (admission's refusals), early.py
+        self.answered_in_this_read = False  # one early answer per read at most (``_answered_early``)
 
     # ----------------------------------------------------------------------- connections
 
@@ -276,23 +284,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _answered_early(self) -> bool:
         """Whether the app answered this request from its head (a refusal, ``early.py``): written now, its
-        body discarded as it comes. Only with nothing else in hand, in order and without backpressure: no
-        request before it unanswered, no answer waiting to be written, no ``Expect: 100-continue``."""
+        body discarded as it comes. Only in the plain case: nothing before it unanswered on this connection,
+        the first such answer of this read (a client that pipelines thousands of requests in one read gets
+        the rest answered in turn through the app, which stops reading, not all at once on the loop), a
+        body framed by Content-Length (a malformed chunked or other coded body is found only after the head,
+        and must get the parser's 400 alone), no ``Expect: 100-continue``, no upgrade, and the transport
+        under its high-water mark."""
         answer_early = self.answer_early
         parser = self.parser
-        if (answer_early is None or parser.get_method() != b"POST" or self.expect_100_continue or self.pipeline
-                or self.flow.write_paused or not (self.cycle is None or self.cycle.response_complete)
-                or parser.should_upgrade()):
+        if (answer_early is None or self.answered_in_this_read or parser.get_method() != b"POST"
+                or self.expect_100_continue or self.pipeline or self.flow.write_paused
+                or not (self.cycle is None or self.cycle.response_complete) or parser.should_upgrade()
+                or any(name == b"transfer-encoding" for name, _ in self.headers)):
             return False
-        answer = answer_early("POST", self.url, self.root_path, self.headers)
+        try:
+            answer = answer_early("POST", self.url, self.root_path, self.headers)
+        except Exception:  # noqa: BLE001 - httptools would turn it into the client's 400 and log nothing
+            # the traceback as text: a record holding the frames would hold this connection as long as it is kept
+            log.error("answering a request from its head failed; the app answers it instead\n%s",
+                      traceback.format_exc())
+            return False
         if answer is None:
             return False
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        self.answered_in_this_read = True
         self.cycle = ANSWERED
         self.transport.write(render(answer, self.server_state.default_headers, keep_alive))
         if not keep_alive:
             self.transport.close()
-        self.on_response_complete()
+        self.on_response_complete()  # the next request's head is awaited (the header deadline starts now)
         return True
 
     # ----------------------------------------------------------------------- header limits
@@ -302,6 +322,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.waiting_for_headers:
             self.phase_bytes += len(data)
+        self.answered_in_this_read = False
         super().data_received(data)
 
     def _head_fits(self, data: bytes) -> bool:

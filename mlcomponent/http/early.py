@@ -32,12 +32,12 @@ LOOKUP_DEPTH = 4  # uvicorn wraps the app (proxy headers, message logger) a leve
 
 class _Answered:
     """The request cycle of a request answered early: complete, so uvicorn ignores its body and starts the
-    next request at once, and a closed connection has nothing to wake."""
+    next request at once, and a closed connection has nothing to wake. One for every connection, and
+    nothing can be set on it (uvicorn sets ``disconnected`` only on an incomplete cycle)."""
 
+    __slots__ = ()
     response_complete = True
     more_body = False
-    keep_alive = True
-    disconnected = False
 
     class message_event:  # noqa: N801 - uvicorn calls ``cycle.message_event.set()`` when the connection goes
         @staticmethod
@@ -49,7 +49,9 @@ ANSWERED: Any = _Answered()  # one for every connection: nothing in it is per re
 
 
 def answer_early_of(app: object) -> AnswerEarly | None:
-    """The app's ``answer_early``, found through uvicorn's wrappers (each holds the next in ``app``)."""
+    """The app's ``answer_early``, found through uvicorn's wrappers (each holds the next in ``app``). A
+    middleware of our own around the gateway must offer ``answer_early`` itself, or answer everything: one
+    that does neither would be skipped for refusals."""
     for _ in range(LOOKUP_DEPTH):
         hook = getattr(app, "answer_early", None)
         if hook is not None:

@@ -121,7 +121,7 @@ class DataPlane:
 
     def admit(self) -> None:
         """Refuse work early (503 + Retry-After): not ready, or the queue ahead would take too long."""
-        refused = self.refusal()
+        refused = self.refuse_now()
         if refused is None:
             return
         try:
@@ -129,8 +129,9 @@ class DataPlane:
         finally:
             del refused  # else this frame, held by the traceback, holds the error: a cycle for the GC per refusal
 
-    def refusal(self) -> Refused | None:
-        """The 503 a new request gets now (counted), or None: it may queue."""
+    def refuse_now(self) -> Refused | None:
+        """The 503 a new request gets now, or None: it may queue. A refusal counts: the metric, the spread
+        of Retry-After, ``last_refused``."""
         state = self.health.state
         if state is not State.READY and state is not State.UNAVAILABLE:  # a worker being replaced: calls wait
             because = f": {self.reason}" if self.reason else f" ({self.health.describe()})"
