@@ -174,7 +174,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self.check_timer.close()  # it held self._check: a closed connection is freed at once, not by the GC
         super().connection_lost(exc)
-        self._unset_keepalive_if_required()  # uvicorn cancels its keep-alive timer only on a clean close
         for cycle, _app in self.pipeline:  # requests read ahead that will never run: each one's hook for its
             cycle.on_response = do_nothing  # answer is a method of this connection (uvicorn drops it once run)
         self.pipeline.clear()
