@@ -7,18 +7,21 @@ the function ran), ``poll`` (wait for a condition, never a fixed sleep), ``scrap
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,3 +246,34 @@ def metric(text: str, name: str) -> float:
 def restarts(server: Server) -> float:
     """Inference workers replaced so far (``mlcomponent_worker_restarts_total``)."""
     return metric(scrape(server), "mlcomponent_worker_restarts_total")
+
+
+@asynccontextmanager
+async def uvicorn_on_loopback(app: Any, protocol: type, **config: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """A real uvicorn server for ``app`` on a free loopback port, on this event loop, with our connection
+    ``protocol``; yields it and its port, and stops it afterwards."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=protocol, loop="asyncio",
+                                           lifespan="off", log_level="error", **config))
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 20
+    while not server.started and not serving.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert server.started
+    try:
+        yield server, server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """Only reference counting frees anything meanwhile: what is left alive would wait for the cyclic GC."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -14,7 +14,6 @@ one, after auth, and counted the same.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import re
 import socket
@@ -39,7 +38,7 @@ from mlcomponent.metrics import Metrics
 from mlcomponent.options import ServeOptions
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import Settings
-from tests.support import HTTP, write_manifest
+from tests.support import HTTP, cyclic_gc_off, uvicorn_on_loopback, write_manifest
 
 REFUSAL = b'{"error":"busy"}'
 AUTH = {"Authorization": "Bearer s3cret"}
@@ -126,38 +125,21 @@ def in_process(scenario: Callable[[int, RefusingApp], None], keep_alive: float =
 
     async def main() -> None:
         app.release = asyncio.Event()
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=RecordedProtocol, loop="asyncio",
-                                lifespan="off", log_level="error", timeout_keep_alive=keep_alive)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        deadline = time.monotonic() + 20
-        while not server.started and not serving.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert server.started
-        try:
-            port = server.servers[0].sockets[0].getsockname()[1]
+        async with uvicorn_on_loopback(app, RecordedProtocol, timeout_keep_alive=keep_alive) as (server, port):
             running = asyncio.create_task(asyncio.to_thread(scenario, port, app))
             await asyncio.to_thread(app.holding.wait, 20)
             await asyncio.sleep(hold_for)
             app.release.set()
             await running
+            deadline = time.monotonic() + 20
             while server.server_state.connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             left = [ref() for ref in RecordedProtocol.seen if ref() is not None]
             assert RecordedProtocol.seen and left == [], f"{len(left)} connections wait for the cyclic GC"
-        finally:
-            server.should_exit = True
-            await serving
 
     RecordedProtocol.seen.clear()
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         asyncio.run(main())
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def test_the_connection_answers_a_refusal_from_its_head_and_keeps_every_other_request_in_order(

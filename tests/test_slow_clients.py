@@ -4,7 +4,6 @@ working, so new clients are served while slow ones hold on (slowloris at a lower
 from __future__ import annotations
 
 import asyncio
-import gc
 import select
 import socket
 import struct
@@ -17,11 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from mlcomponent.http.connections import Guard, GuardedHttpToolsProtocol
-from tests.support import Server, serve, write_manifest
+from tests.support import Server, cyclic_gc_off, serve, uvicorn_on_loopback, write_manifest
 
 INFER = "/v2/models/test-model/infer"
 BODY = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [7]}], "outputs": [{"name": "x"}]}
@@ -261,38 +259,21 @@ def test_a_closed_connection_is_freed_at_once_not_left_to_the_garbage_collector(
     async def scenario() -> None:
         Hold.started.clear()
         Hold.release = asyncio.Event()
-        config = uvicorn.Config(_hello, host="127.0.0.1", port=0, http=RecordedProtocol, loop="asyncio",
-                                lifespan="off", log_level="error")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        deadline = time.monotonic() + 20
-        while not server.started and not serving.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert server.started
-        try:
-            port = server.servers[0].sockets[0].getsockname()[1]
+        async with uvicorn_on_loopback(_hello, RecordedProtocol) as (server, port):
             heads = await asyncio.to_thread(_clients, port)
             assert [h[:12] for h in heads] == [b"HTTP/1.1 200"] * 3 + [b"HTTP/1.1 431"], heads
             Hold.release.set()  # its answer finds the reset (reading was paused behind the pipelined request)
+            deadline = time.monotonic() + 20
             while server.server_state.connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # until the server has seen every connection go
             while any(ref() is not None for ref in RecordedProtocol.seen) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             left = [ref() for ref in RecordedProtocol.seen if ref() is not None]
             assert len(RecordedProtocol.seen) == 10 and left == [], f"{len(left)} objects wait for the cyclic GC"
-        finally:
-            server.should_exit = True
-            await serving
 
     RecordedProtocol.seen.clear()
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()  # only reference counting frees anything during the scenario
-    try:
+    with cyclic_gc_off():
         asyncio.run(scenario())
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class QuickProtocol(GuardedHttpToolsProtocol):
@@ -320,26 +301,14 @@ def test_an_idle_kept_alive_connection_closes_quietly_after_keep_alive_and_a_par
     """uvicorn's keep-alive timeout, kept by the connection's own timer: an idle connection closes without a
     word 2 s after its last answer; one that began a head waits for --header-timeout (408); a new connection
     that sends nothing is held to --header-timeout, as before its first request uvicorn has no keep-alive."""
-    async def scenario() -> None:
-        config = uvicorn.Config(_hello, host="127.0.0.1", port=0, http=QuickProtocol, loop="asyncio",
-                                lifespan="off", log_level="error", timeout_keep_alive=2)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        deadline = time.monotonic() + 20
-        while not server.started and not serving.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert server.started
-        try:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            idle, partial, fresh = await asyncio.gather(
+    async def scenario() -> tuple[tuple[bytes, float], ...]:
+        async with uvicorn_on_loopback(_hello, QuickProtocol, timeout_keep_alive=2) as (_, port):
+            return tuple(await asyncio.gather(
                 asyncio.to_thread(_idle_after_answer, port, b""),
                 asyncio.to_thread(_idle_after_answer, port, b"GET / HTTP/1.1\r\n"),
-                asyncio.to_thread(_idle_after_answer, port, None))
-        finally:
-            server.should_exit = True
-            await serving
-        assert idle[0] == b"" and idle[1] >= 1.9, idle  # had keep-alive not closed it, 408 would come at 4 s
-        assert partial[0].startswith(b"HTTP/1.1 408") and partial[1] >= 3.9, partial
-        assert fresh[0].startswith(b"HTTP/1.1 408") and fresh[1] >= 3.9, fresh
+                asyncio.to_thread(_idle_after_answer, port, None)))
 
-    asyncio.run(scenario())
+    idle, partial, fresh = asyncio.run(scenario())
+    assert idle[0] == b"" and idle[1] >= 1.9, idle  # had keep-alive not closed it, 408 would come at 4 s
+    assert partial[0].startswith(b"HTTP/1.1 408") and partial[1] >= 3.9, partial
+    assert fresh[0].startswith(b"HTTP/1.1 408") and fresh[1] >= 3.9, fresh
