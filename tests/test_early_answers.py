@@ -32,7 +32,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from mlcomponent.http.app import create_app
-from mlcomponent.http.connections import GuardedHttpToolsProtocol
+from mlcomponent.http.connections import Guard, GuardedHttpToolsProtocol
 from mlcomponent.http.early import Answer
 from mlcomponent.metrics import Metrics
 from mlcomponent.options import ServeOptions
@@ -82,6 +82,14 @@ class RecordedProtocol(GuardedHttpToolsProtocol):
         super().connection_made(transport)
 
 
+class ImpatientProtocol(RecordedProtocol):
+    """--header-timeout 1 s."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = Guard(header_timeout=1.0, body_timeout=30.0, max_connections=100)
+
+
 def read_head(sock: socket.socket) -> bytes:
     """An answer's head, byte by byte: nothing after it is read."""
     received = b""
@@ -117,7 +125,8 @@ def post(path: str, body: bytes = b"{}", extra: bytes = b"", version: bytes = b"
             body)
 
 
-def in_process(scenario: Callable[[int, RefusingApp], None], keep_alive: float = 5, hold_for: float = 0) -> None:
+def in_process(scenario: Callable[[int, RefusingApp], None], keep_alive: float = 5, hold_for: float = 0,
+               protocol: type[GuardedHttpToolsProtocol] = RecordedProtocol) -> None:
     """Run ``scenario(port, app)`` in a thread against a real uvicorn server on loopback (GC off: what the
     connections leave is freed by reference counting alone, as for any other connection). ``/hold`` is let
     go ``hold_for`` seconds after it starts."""
@@ -125,7 +134,7 @@ def in_process(scenario: Callable[[int, RefusingApp], None], keep_alive: float =
 
     async def main() -> None:
         app.release = asyncio.Event()
-        async with uvicorn_on_loopback(app, RecordedProtocol, timeout_keep_alive=keep_alive) as (server, port):
+        async with uvicorn_on_loopback(app, protocol, timeout_keep_alive=keep_alive) as (server, port):
             running = asyncio.create_task(asyncio.to_thread(scenario, port, app))
             await asyncio.to_thread(app.holding.wait, 20)
             await asyncio.sleep(hold_for)
@@ -225,6 +234,33 @@ def test_a_flood_of_pipelined_refusals_is_answered_in_turn_not_all_at_once() -> 
         assert len(app.reached) == 200 - early + 1
 
     in_process(scenario)
+
+
+def test_an_early_answer_leaves_its_body_to_come_and_then_the_connection_idles() -> None:
+    """--header-timeout 1 s, keep-alive 0.5 s. A refusal answered from its head whose body then takes 1.5 s to
+    come (at about 200 KB/s, well over --min-body-rate-kib) is not cut off by the next head's deadline: that
+    starts when its body has come. After a small body, the idle connection closes quietly at keep-alive
+    (the body's bytes are not taken for the start of a next head, which would earn a 408)."""
+    def scenario(port: int, app: RefusingApp) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            head, body = post("/refuse", b"x" * 300_000)
+            sock.sendall(head)
+            assert read_answer(sock)[1] == REFUSAL
+            for start in range(0, len(body), 20_000):
+                sock.sendall(body[start:start + 20_000])
+                time.sleep(0.1)
+            sock.sendall(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+            after = read_answer(sock)
+            assert after[0].startswith(b"HTTP/1.1 200") and after[1] == b"app", after
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"".join(post("/refuse", b"{}")))
+            assert read_answer(sock)[1] == REFUSAL
+            assert read_until_closed(sock) == b""  # quietly at keep-alive: no 408
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_answer(sock)[1] == b"app"
+
+    in_process(scenario, keep_alive=0.5, protocol=ImpatientProtocol)
 
 
 def test_a_request_pipelined_behind_an_early_answer_outlives_the_keep_alive_timeout() -> None:

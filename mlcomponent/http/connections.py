@@ -29,8 +29,9 @@ one line per kind every 10 s, with a count):
 
 - **early answers** (``early.py``): while the service is shedding load, an infer request
   that admission refuses is answered from its head, before uvicorn makes a request cycle;
-  its body is discarded as it arrives, and the next request's header deadline starts at
-  that answer, as after any answer. uvicorn's keep-alive timeout is kept by the same
+  its body is discarded as it arrives (still held to the body deadline and rate), and the
+  next request's header deadline and keep-alive start once that body has come, as after
+  any answer given before its request's body ended. uvicorn's keep-alive timeout is kept by the same
   check timer as the deadlines (uvicorn arms and cancels a timer per request).
 
 uvicorn is told to use it by import string (``serve`` sets ``http=PROTOCOL``), so every
@@ -150,6 +151,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.check_timer = EarliestTimer(self._check)  # one timer for both, re-armed only when it fires early
         self.write_timer: asyncio.TimerHandle | None = None
         self.keep_alive_end: float | None = None  # loop time at which an idle kept-alive connection closes
+        self.body_incomplete = False  # a request's head has come and its body has not all come yet
         self.in_headers = True  # the next bytes belong to a request's head (counted for the header limits)
         self.head_bytes = 0
         self.head_lines = 0
@@ -273,13 +275,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.waiting_for_headers = False
         self.in_headers = False
+        self.body_incomplete = True  # until on_message_complete, answered or not: the body rules hold till then
         self.header_deadline = self.keep_alive_end = None
-        if self._answered_early():
-            return
-        super().on_headers_complete()
         self.phase_since = now = self.loop.time()
         self.phase_bytes = self.window_bytes = 0
         self._await_body(now)
+        if not self._answered_early():
+            super().on_headers_complete()
 
     def _answered_early(self) -> bool:
         """Whether the app answered this request from its head (a refusal, ``early.py``): written now, its
@@ -296,22 +298,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 or not (self.cycle is None or self.cycle.response_complete) or parser.should_upgrade()
                 or any(name == b"transfer-encoding" for name, _ in self.headers)):
             return False
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         try:
             answer = answer_early("POST", self.url, self.root_path, self.headers)
+            written = None if answer is None else render(answer, self.server_state.default_headers, keep_alive)
         except Exception:  # noqa: BLE001 - httptools would turn it into the client's 400 and log nothing
             # the traceback as text: a record holding the frames would hold this connection as long as it is kept
             log.error("answering a request from its head failed; the app answers it instead\n%s",
                       traceback.format_exc())
             return False
-        if answer is None:
+        if written is None:
             return False
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         self.answered_in_this_read = True
         self.cycle = ANSWERED
-        self.transport.write(render(answer, self.server_state.default_headers, keep_alive))
+        self.transport.write(written)
         if not keep_alive:
             self.transport.close()
-        self.on_response_complete()  # the next request's head is awaited (the header deadline starts now)
+        self.on_response_complete()  # the next head is awaited once this request's body has come
         return True
 
     # ----------------------------------------------------------------------- header limits
@@ -352,6 +355,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._new_head()
         self.body_window_end = None
+        self.body_incomplete = False
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline and not self.transport.is_closing():
+            self._await_headers(keep_alive=True)  # answered before its body ended: idle from now
 
     def _new_head(self) -> None:
         self.in_headers = True
@@ -369,7 +376,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:  # the next request's headers are already here: it runs now
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
+        elif not self.body_incomplete:  # else answered before its body came: on_message_complete waits from there
             self._await_headers(keep_alive=True)  # idle: closed quietly past keep-alive, 408 past --header-timeout
 
     # ----------------------------------------------------------------------- body deadline
@@ -382,8 +389,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _body_window_over(self) -> None:
         """The end of a --body-timeout window: enough bytes in it (at --min-body-rate-kib), or the connection closes."""
         self.body_window_end = None
-        cycle = self.cycle
-        if cycle is None or not cycle.more_body or cycle.response_complete:
+        if not self.body_incomplete:  # also while a body answered before it ended still comes: its rate holds
             return
         received, self.window_bytes = self.window_bytes, 0
         if self.flow.read_paused:  # we are not reading (the app is busy): not the client's fault
