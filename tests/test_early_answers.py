@@ -38,7 +38,9 @@ from mlcomponent.metrics import Metrics
 from mlcomponent.options import ServeOptions
 from mlcomponent.runtime.service import Service
 from mlcomponent.settings import Settings
-from tests.support import HTTP, cyclic_gc_off, uvicorn_on_loopback, write_manifest
+from tests.support import HTTP, calls_logged, cyclic_gc_off, poll, uvicorn_on_loopback, write_manifest
+from tests.test_admission import body
+from tests.test_slow_clients import read_until_closed
 
 REFUSAL = b'{"error":"busy"}'
 AUTH = {"Authorization": "Bearer s3cret"}
@@ -110,13 +112,6 @@ def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
         assert chunk, f"closed mid-body: {head!r}"
         body += chunk
     return head, body
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
 
 
 def post(path: str, body: bytes = b"{}", extra: bytes = b"", version: bytes = b"1.1") -> tuple[bytes, bytes]:
@@ -305,7 +300,7 @@ def served_in_process(tmp_path: Path) -> Iterator[tuple[int, Spy]]:
     thread = threading.Thread(target=server.run)
     thread.start()
     try:
-        wait_for(lambda: server.started or not thread.is_alive())
+        poll(lambda: server.started or not thread.is_alive(), "the server to start")
         assert server.started
         yield server.servers[0].sockets[0].getsockname()[1], spy
     finally:
@@ -328,29 +323,14 @@ def held_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
         def gated(gate: Path) -> Any:
             return pool.submit(HTTP.post, infer, json=body("gate", path=str(gate)), headers=AUTH, timeout=120)
 
-        def calls() -> int:
-            return len(log.read_text().splitlines()) if log.exists() else 0
-
         first = gated(gates[0])  # a call that lasts at least one poll of its gate: the estimate is over 1 ms
-        wait_for(lambda: calls() == 1)
+        poll(lambda: len(calls_logged(log)) == 1, "the first gated call to run")
         gates[0].touch()
         assert first.result().status_code == 200
         held = gated(gates[1])
-        wait_for(lambda: calls() == 2)
+        poll(lambda: len(calls_logged(log)) == 2, "the held call to run")
         yield url, spy, log, gates[1].touch
         assert held.result().status_code == 200
-
-
-def body(action: str, **parameters: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
-            "parameters": {"do": action, **parameters}}
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
 
 
 def test_the_service_answers_a_refusal_early_as_its_app_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

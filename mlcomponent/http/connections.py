@@ -298,16 +298,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 or not (self.cycle is None or self.cycle.response_complete) or parser.should_upgrade()
                 or any(name == b"transfer-encoding" for name, _ in self.headers)):
             return False
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         try:
             answer = answer_early("POST", self.url, self.root_path, self.headers)
-            written = None if answer is None else render(answer, self.server_state.default_headers, keep_alive)
+            if answer is None:
+                return False
+            keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+            written = render(answer, self.server_state.default_headers, keep_alive)
         except Exception:  # noqa: BLE001 - httptools would turn it into the client's 400 and log nothing
             # the traceback as text: a record holding the frames would hold this connection as long as it is kept
             log.error("answering a request from its head failed; the app answers it instead\n%s",
                       traceback.format_exc())
-            return False
-        if written is None:
             return False
         self.answered_in_this_read = True
         self.cycle = ANSWERED
