@@ -153,11 +153,9 @@ class DataPlane:
         self.observer.refused(refusal.reason)
         return Refused(f"model {self.model_name!r} is {refusal.message}", retry_after=refusal.retry_after)
 
-    def admit_by_deadline(self, deadline: float | None, calls_ahead: int) -> None:
+    def admit_by_deadline(self, seconds_left: float, calls_ahead: int) -> None:
         """Refuse (503) a request whose deadline would pass while it waits, rather than queue it to time out."""
-        if deadline is None:
-            return
-        refusal = self.admission.past_deadline(calls_ahead, deadline - asyncio.get_running_loop().time())
+        refusal = self.admission.past_deadline(calls_ahead, seconds_left)
         if refusal is not None:
             raise self._refused(refusal)
 
@@ -172,13 +170,16 @@ class DataPlane:
                                  f"{self.limits.max_elements} per input (--max-elements)")
         return request
 
-    def deadline(self, request: InferenceRequest, arrived: float | None) -> float | None:
-        """The ``loop.time()`` by which the call must finish: the tighter of --timeout and the request's."""
-        timeout = min((t for t in (self.limits.timeout, request.timeout) if t is not None), default=None)
+    def seconds_left(self, request: InferenceRequest, arrived: float | None) -> float | None:
+        """The seconds the call may still take: the tighter of --timeout and the request's own, less the time
+        since it arrived (``arrived``: its ``time.monotonic()``); None: no limit."""
+        timeout = self.limits.timeout
+        own = request.timeout
+        if own is not None and (timeout is None or own < timeout):
+            timeout = own
         if timeout is None:
             return None
-        elapsed = time.monotonic() - arrived if arrived is not None else 0.0
-        return asyncio.get_running_loop().time() + timeout - elapsed
+        return timeout if arrived is None else timeout - (time.monotonic() - arrived)
 
     async def infer(self, body: Any, files: RequestFiles, arrived: float | None = None) -> InferenceResponse:
         """Decode, call and check one request. ``arrived`` is the ``time.monotonic()`` it came in.
@@ -204,8 +205,11 @@ class DataPlane:
                     pack_checked_lists(request.inputs)  # the worker makes arrays of the bytes, not of a list
             else:
                 request = self.decode(body)
-            deadline = self.deadline(request, arrived)
-            self.admit_by_deadline(deadline, self.calls_ahead - (batcher is None))  # not counting itself
+            deadline = None  # the loop.time() by which the call must finish
+            seconds_left = self.seconds_left(request, arrived)
+            if seconds_left is not None:
+                self.admit_by_deadline(seconds_left, self.calls_ahead - (batcher is None))  # not counting itself
+                deadline = asyncio.get_running_loop().time() + seconds_left
             staged_inputs = staged_outputs = None
             if request.has_files:
                 staged_inputs, staged_outputs = await asyncio.to_thread(

@@ -30,7 +30,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import functools
 import io
 import logging
 import math
@@ -39,7 +38,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mlcomponent.errors import (
@@ -151,14 +150,13 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Call:
     frame: bytes
     future: asyncio.Future[Any]
     abandoned: bool = False  # answered 504 already; its reply (if any) is dropped
     started_at: float | None = None  # loop.time() it reached the head of the queue: the worker runs it
     deadline: float | None = None  # loop.time() after which its caller stops waiting (504)
-    waiter: asyncio.Future[Any] | None = field(default=None, repr=False)  # what the caller awaits, with a deadline
 
 
 class WorkerProtocol(asyncio.SubprocessProtocol):
@@ -461,9 +459,12 @@ class ProcessRunner:
         loop = asyncio.get_running_loop()
         if self._unavailable is not None:
             raise self._refusal()
-        if deadline is not None and deadline <= loop.time():
-            raise Timeout("the request's deadline had passed before inference could start; it did not run")
-        wall_deadline = None if deadline is None else time.time() + (deadline - loop.time())
+        wall_deadline = None
+        if deadline is not None:
+            seconds_left = deadline - loop.time()
+            if seconds_left <= 0:
+                raise Timeout("the request's deadline had passed before inference could start; it did not run")
+            wall_deadline = time.time() + seconds_left
         call = _Call(frame(Call(parameters, inputs, output_fields, wall_deadline)), loop.create_future())
         self._pending.append(call)
         pipe = self._pipe
@@ -476,14 +477,11 @@ class ProcessRunner:
             if self.state is WorkerState.IDLE:
                 self._move(WorkerState.RUNNING)
                 self._started(call)
-        waiting_on = call.future
-        if deadline is not None:  # the caller waits on its own future (as shield did), timed out by the watchdog
-            call.deadline, call.waiter = deadline, loop.create_future()
-            waiting_on = call.waiter
-            call.future.add_done_callback(functools.partial(_copy_outcome, call.waiter))
+        if deadline is not None:  # the watchdog ends the wait: the call is abandoned, its future gets TimeoutError
+            call.deadline = deadline
             self._watchdog.arm(loop, deadline)  # armed for the earliest pending deadline
         try:
-            reply = await waiting_on
+            reply = await call.future
         except asyncio.CancelledError:
             self._abandon(call)  # the caller went away (a gRPC client's deadline, a closed connection)
             raise
@@ -502,18 +500,20 @@ class ProcessRunner:
         now = loop.time()
         earliest: float | None = None
         for call in self._pending:
-            if call.waiter is None or call.deadline is None or call.waiter.done():
+            if call.deadline is None or call.abandoned or call.future.done():
                 continue
             if call.deadline <= now:
-                call.waiter.set_exception(TimeoutError())
+                self._abandon(call)
+                call.future.set_exception(TimeoutError())
             elif earliest is None or call.deadline < earliest:
                 earliest = call.deadline
         if earliest is not None:
             self._watchdog.arm(loop, earliest)
 
     def _abandon(self, call: _Call) -> None:
-        """Nobody waits for ``call`` any more: its reply, when it comes, is dropped; the worker is left alone."""
-        if call.abandoned or call.future.done():
+        """Nobody waits for ``call`` any more: its reply, when it comes, is dropped; the worker is left alone.
+        (Its future is cancelled when its caller was: that call is abandoned too; one with an outcome is not.)"""
+        if call.abandoned or (call.future.done() and not call.future.cancelled()):
             return
         call.abandoned = True
         if call in self._pending:
@@ -687,18 +687,3 @@ class ProcessRunner:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the worker's supervision failed: %s", task.exception())
-
-
-def _copy_outcome(waiter: asyncio.Future[Any], future: asyncio.Future[Any]) -> None:
-    """``future``'s outcome to ``waiter`` (unless the waiter timed out or was cancelled already)."""
-    if future.cancelled():
-        if not waiter.done():
-            waiter.cancel()
-        return
-    error = future.exception()  # retrieved either way: a reply nobody waits for is not "never retrieved"
-    if waiter.done():
-        return
-    if error is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(future.result())
