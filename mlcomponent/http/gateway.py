@@ -65,7 +65,7 @@ class Gateway:
                     message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
                 await send(message)
 
-            if not self.auth.allows(endpoint, header(scope, b"authorization")):
+            if self.auth.token is not None and not self.auth.allows(endpoint, header(scope, b"authorization")):
                 await respond(send_with_id, 401, UNAUTHORIZED, [*JSON_HEADERS, (b"www-authenticate", b"Bearer")])
             elif scope["method"] == "POST" and model_of_infer_path(scope["path"]) is not None:
                 await self.infer(scope, receive, send_with_id)
