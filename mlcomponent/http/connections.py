@@ -140,6 +140,48 @@ def _drop_self_references(transport: asyncio.BaseTransport) -> None:
             state[name] = None
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # uvicorn's interim answer to Expect: 100-continue
+OWN_WRITE = 64 * 1024  # a first body chunk this large is written after the head, not joined to it (a copy)
+
+
+class HeadWithBody:
+    """The connection as a request cycle writes to it: the answer's head waits for its first body chunk,
+    and the two go in one ``send`` (uvicorn writes them apart: two system calls and two segments for
+    every answer; measured: 2 to 4 µs of server CPU a request). An interim ``100 Continue`` goes at
+    once; a head still held when the cycle closes the connection (an app that failed mid-answer) goes
+    before the close. Not for HEAD requests: uvicorn writes no body for them."""
+
+    __slots__ = ("transport", "head", "started")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is not None:
+            self.head = None
+            if len(data) < OWN_WRITE:
+                self.transport.write(head + data)
+                return
+            self.transport.write(head)
+        elif not self.started and data != CONTINUE:
+            self.started = True
+            self.head = data
+            return
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.head is not None:
+            self.transport.write(self.head)
+            self.head = None
+        self.transport.close()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -281,7 +323,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.phase_bytes = self.window_bytes = 0
         self._await_body(now)
         if not self._answered_early():
+            before = self.cycle
             super().on_headers_complete()
+            cycle = self.cycle
+            # a new request cycle (an upgrade makes none); uvicorn writes no body for HEAD: its head goes alone
+            if cycle is not None and cycle is not before and self.scope["method"] != "HEAD":
+                cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def _answered_early(self) -> bool:
         """Whether the app answered this request from its head (a refusal, ``early.py``): written now, its
