@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--connections", default="50,200,1000")
     parser.add_argument("--reconnect", action="store_true",
                         help="a refused client connects anew after every Retry-After (the model before 2026-12-05)")
+    parser.add_argument("--batching", choices=("off", "on", "both"), default="both")
+    parser.add_argument("--repeat", type=int, default=1, help="runs at each level, one row each, on the same server")
     args = parser.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})  # the client on CPU 0; the server is pinned to CPU 1
     levels = [int(c) for c in args.connections.split(",")]
@@ -203,6 +205,8 @@ def main() -> None:
     manifest = HERE / "models/fixed/mlcomponent.yaml"
     rows = []
     for mode, extra in (("off", ["--max-batch-size", "1"]), ("on", [])):
+        if args.batching not in (mode, "both"):
+            continue
         port = bench.free_port()
         server = bench.Server(f"batching {mode}", [sys.executable, "-m", "mlcomponent", "serve", str(manifest),
                                                    "--port", str(port), "--data-root", str(work / "data"),
@@ -210,7 +214,7 @@ def main() -> None:
                               ROOT, path="/v2/models/fixed/infer", env={"FIXED_COST": str(COST)})
         with bench.running(server, port, work / f"{mode}.log"):
             run(load(port, server.path, 4, 2))  # the estimate learns the service time
-            for connections in levels:
+            for connections in [level for level in levels for _ in range(args.repeat)]:
                 tally = run(measured(port, server.path, connections, args.seconds, args.reconnect))
                 rows.append((mode, connections, tally))
                 print(f"   batching {mode} @{connections}: {len(tally.served)} served, {len(tally.refused)} refused",

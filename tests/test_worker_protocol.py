@@ -135,3 +135,40 @@ def test_the_timeout_counts_from_each_calls_own_start(tmp_path: Path) -> None:
     ran, message = asyncio.run(scenario())
     assert "--timeout of 1 s" in message
     assert 0.95 <= ran < 30, ran  # its own full second, though the timer first fired after about half of it
+
+
+def test_a_queued_call_whose_caller_is_gone_is_abandoned_with_or_without_a_deadline(tmp_path: Path) -> None:
+    """Behind a held call, three wait: two whose callers are cancelled (a closed connection), one without a
+    deadline and one with, and one whose deadline passes (the watchdog: 504). None of them counts as waiting
+    any more, and the worker goes on answering in order once the held call ends. (A cancelled call without
+    a deadline used to stay counted: its future, cancelled with its caller, looked answered.)"""
+    gate = tmp_path / "gate"
+    echo = [{"name": "do", "value": "echo"}]
+
+    async def scenario() -> tuple[int, int, Timeout]:
+        runner = ProcessRunner(WorkerConfig(str(ENTRYPOINTS), "behaviours.inference", "", {}), "m")
+        await runner.start()
+        try:
+            held = asyncio.ensure_future(runner.call([{"name": "do", "value": "gate"},
+                                                      {"name": "path", "value": str(gate)}], [], []))
+            loop = asyncio.get_running_loop()
+            gone = [asyncio.ensure_future(runner.call(echo, [], [], deadline)) for deadline in (None, loop.time() + 60)]
+            expiring = asyncio.ensure_future(runner.call(echo, [], [], loop.time() + 0.3))
+            await asyncio.sleep(0)  # every call is queued
+            waiting_before = runner.waiting
+            for caller in gone:
+                caller.cancel()
+            await asyncio.gather(*gone, return_exceptions=True)
+            expired = (await asyncio.gather(expiring, return_exceptions=True))[0]
+            assert not held.done()
+            waiting_after = runner.waiting
+            gate.touch()
+            await held
+            assert (await runner.call(echo, [], [], loop.time() + 60))[0]["name"] == "pid"
+            return waiting_before, waiting_after, expired
+        finally:
+            await runner.close()
+
+    waiting_before, waiting_after, expired = asyncio.run(scenario())
+    assert (waiting_before, waiting_after) == (3, 0)
+    assert isinstance(expired, Timeout) and "did not run" in expired.message, expired
