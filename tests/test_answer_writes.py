@@ -5,13 +5,16 @@ records every write (and passes it on): a plain answer is one write; an interim
 ``100 Continue`` goes out at once (the client waits for it before it sends its body); a
 streamed answer is its head with the first chunk, then each chunk; a large first chunk
 goes in a write of its own (joining would copy it); an app that fails mid-answer still
-sends its head before the connection closes. The client reads every answer whole.
+sends its head before the connection closes; an error the connection answers itself (a
+pipelined request it cannot parse, or with headers over the limit) comes after a head still
+held, never before it. The client reads every answer whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ from tests.test_early_answers import read_answer, read_head
 from tests.test_slow_clients import read_until_closed
 
 LARGE = b"L" * (OWN_WRITE + 1)
+HEAD_SENT = threading.Event()  # /held has started its answer and waits, its head held
 
 
 class RecordingTransport:
@@ -51,6 +55,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     while (await receive()).get("more_body"):
         pass
     path = scope["path"]
+    if path == "/held":  # a streamed answer that waits after its head until the connection goes
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        HEAD_SENT.set()
+        await receive()
+        return
     if path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})  # chunked
         for chunk in (b"first", b"second"):
@@ -144,3 +153,20 @@ def test_an_app_that_fails_after_its_head_still_sends_the_head_before_the_connec
 
     writes = exchange(scenario)
     assert len(writes) == 1 and writes[0].endswith(b"content-length: 5\r\n\r\n"), writes
+
+
+def test_an_error_the_connection_answers_itself_comes_after_a_head_still_held() -> None:
+    """The 400 (unparsable) and 431 (headers over --max-header-kib) the connection writes for a pipelined
+    request follow the head of the answer being streamed: the client never reads them as its answer."""
+    for bad in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n"):
+        def scenario(port: int, bad: bytes = bad) -> None:
+            HEAD_SENT.clear()
+            with connect(port) as sock:
+                sock.sendall(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert HEAD_SENT.wait(20)
+                sock.sendall(bad)
+                answer = read_until_closed(sock)
+                assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+                assert b"\r\n\r\nHTTP/1.1 4" in answer, answer[:400]
+
+        exchange(scenario)

@@ -144,6 +144,16 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # uvicorn's interim answer to Expec
 OWN_WRITE = 64 * 1024  # a first body chunk this large is written after the head, not joined to it (a copy)
 
 
+class HeldHead:
+    """A connection's answer head not yet written. One a connection: its cycles answer one at a time,
+    and the connection's own answers (431, 400) flush it first, so they never overtake it."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head: bytes | None = None
+
+
 class HeadWithBody:
     """The connection as a request cycle writes to it: the answer's head waits for its first body chunk,
     and the two go in one ``send`` (uvicorn writes them apart: two system calls and two segments for
@@ -151,24 +161,25 @@ class HeadWithBody:
     once; a head still held when the cycle closes the connection (an app that failed mid-answer) goes
     before the close. Not for HEAD requests: uvicorn writes no body for them."""
 
-    __slots__ = ("transport", "head", "started")
+    __slots__ = ("transport", "held", "started")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, held: HeldHead) -> None:
         self.transport = transport
-        self.head: bytes | None = None
+        self.held = held
         self.started = False
 
     def write(self, data: bytes) -> None:
-        head = self.head
+        held = self.held
+        head = held.head
         if head is not None:
-            self.head = None
+            held.head = None
             if len(data) < OWN_WRITE:
                 self.transport.write(head + data)
                 return
             self.transport.write(head)
         elif not self.started and data != CONTINUE:
             self.started = True
-            self.head = data
+            held.head = data
             return
         self.transport.write(data)
 
@@ -176,10 +187,15 @@ class HeadWithBody:
         return self.transport.is_closing()
 
     def close(self) -> None:
-        if self.head is not None:
-            self.transport.write(self.head)
-            self.head = None
+        flush_held(self.transport, self.held)
         self.transport.close()
+
+
+def flush_held(transport: asyncio.Transport, held: HeldHead) -> None:
+    """Write the held head now, if there is one."""
+    if held.head is not None:
+        head, held.head = held.head, None
+        transport.write(head)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -204,6 +220,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.refused = False  # answered 431: nothing more is parsed
         self.answer_early: AnswerEarly | None = None  # the app's early answers (admission's refusals), early.py
         self.answered_in_this_read = False  # one early answer per read at most (``_answered_early``)
+        self.held = HeldHead()  # the answering cycle's head, until its first body chunk (``HeadWithBody``)
 
     # ----------------------------------------------------------------------- connections
 
@@ -328,7 +345,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle = self.cycle
             # a new request cycle (an upgrade makes none); uvicorn writes no body for HEAD: its head goes alone
             if cycle is not None and cycle is not before and self.scope["method"] != "HEAD":
-                cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+                cycle.transport = HeadWithBody(self.transport, self.held)  # type: ignore[assignment]
 
     def _answered_early(self) -> bool:
         """Whether the app answered this request from its head (a refusal, ``early.py``): written now, its
@@ -392,6 +409,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard.report("head", f"closed the connection from {_peer(self.client)}: its request headers were {what}")
         body = b'{"error":"the request headers are %s; send fewer or shorter headers"}' % what.encode()
         self._cancel_timers()
+        flush_held(self.transport, self.held)  # an answer still being written comes first
         self.transport.write(TOO_LARGE % (len(body), body))
         self.transport.close()
         self.in_headers = False
@@ -474,6 +492,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.write_timer is not None:
             self.write_timer.cancel()
             self.write_timer = None
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 for a request it cannot parse, after the answer still being written, if any."""
+        flush_held(self.transport, self.held)
+        super().send_400_response(msg)
 
     def _write_too_slow(self) -> None:
         self.write_timer = None
