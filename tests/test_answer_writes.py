@@ -1,10 +1,10 @@
-"""An answer's head and its first body chunk go to the socket in one write (``HeadWithBody``).
+"""A small answer's head and its body go to the socket in one write (``HeadWithBody``).
 
 A real uvicorn server on loopback with our connection protocol, whose socket transport
 records every write (and passes it on): a plain answer is one write; an interim
 ``100 Continue`` goes out at once (the client waits for it before it sends its body); a
-streamed answer is its head with the first chunk, then each chunk; a large first chunk
-goes in a write of its own (joining would copy it); an app that fails mid-answer still
+streamed answer's head goes at once, then each chunk; a large body goes in a write of
+its own after its head (joining would copy it); an app that fails mid-answer still
 sends its head before the connection closes; an error the connection answers itself (a
 pipelined request it cannot parse, or with headers over the limit) comes after a head still
 held, never before it. The client reads every answer whole.
@@ -55,8 +55,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     while (await receive()).get("more_body"):
         pass
     path = scope["path"]
-    if path == "/held":  # a streamed answer that waits after its head until the connection goes
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+    if path == "/held":  # waits after its head until the connection goes; ?small: Content-Length 5, else streamed
+        small = scope["query_string"] == b"small"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")] if small else []})
         HEAD_SENT.set()
         await receive()
         return
@@ -119,21 +121,26 @@ def test_100_continue_goes_at_once_and_the_answer_after_it_is_one_write() -> Non
     assert len(writes) == 2 and writes[1].endswith(b"\r\n\r\nhello"), writes
 
 
-def test_a_streamed_answer_sends_its_head_with_the_first_chunk_then_each_chunk() -> None:
+def test_a_streamed_answer_sends_its_head_at_once_then_each_chunk() -> None:
     def scenario(port: int) -> None:
         with connect(port) as sock:
             sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             answer = read_until_closed(sock)
             assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in answer
             assert answer.endswith(b"\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n")
+        HEAD_SENT.clear()
+        with connect(port) as sock:  # its head comes before any body, however long that takes
+            sock.sendall(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_head(sock).startswith(b"HTTP/1.1 200 OK\r\n")
 
     writes = exchange(scenario)
-    assert len(writes) == 3, writes
-    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n5\r\nfirst\r\n")
-    assert writes[1:] == [b"6\r\nsecond\r\n", b"0\r\n\r\n"]
+    assert len(writes) == 5, writes
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n")
+    assert writes[1:4] == [b"5\r\nfirst\r\n", b"6\r\nsecond\r\n", b"0\r\n\r\n"]
+    assert writes[4].startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in writes[4]
 
 
-def test_a_large_first_chunk_is_written_after_the_head_not_joined_to_it() -> None:
+def test_a_large_answer_is_written_after_its_head_not_joined_to_it() -> None:
     def scenario(port: int) -> None:
         with connect(port) as sock:
             sock.sendall(b"GET /large HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -157,12 +164,13 @@ def test_an_app_that_fails_after_its_head_still_sends_the_head_before_the_connec
 
 def test_an_error_the_connection_answers_itself_comes_after_a_head_still_held() -> None:
     """The 400 (unparsable) and 431 (headers over --max-header-kib) the connection writes for a pipelined
-    request follow the head of the answer being streamed: the client never reads them as its answer."""
+    request follow a head still held (an answer whose body has not come yet): the client never reads them
+    as its answer."""
     for bad in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n"):
         def scenario(port: int, bad: bytes = bad) -> None:
             HEAD_SENT.clear()
             with connect(port) as sock:
-                sock.sendall(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+                sock.sendall(b"GET /held?small HTTP/1.1\r\nHost: t\r\n\r\n")  # its head is held
                 assert HEAD_SENT.wait(20)
                 sock.sendall(bad)
                 answer = read_until_closed(sock)
