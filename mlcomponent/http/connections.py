@@ -153,6 +153,12 @@ class HeldHead:
     def __init__(self) -> None:
         self.head: bytes | None = None
 
+    def flush(self, transport: asyncio.Transport) -> None:
+        """Write the held head now, if there is one."""
+        if self.head is not None:
+            head, self.head = self.head, None
+            transport.write(head)
+
 
 class HeadWithBody:
     """The connection as a request cycle writes to it: the head of a small answer (a Content-Length under
@@ -189,7 +195,7 @@ class HeadWithBody:
         return self.transport.is_closing()
 
     def close(self) -> None:
-        flush_held(self.transport, self.held)
+        self.held.flush(self.transport)
         self.transport.close()
 
 
@@ -201,13 +207,6 @@ def small_answer(head: bytes) -> bool:
     start += 18
     length = head[start:head.find(b"\r\n", start)]
     return length.isdigit() and int(length) < OWN_WRITE
-
-
-def flush_held(transport: asyncio.Transport, held: HeldHead) -> None:
-    """Write the held head now, if there is one."""
-    if held.head is not None:
-        head, held.head = held.head, None
-        transport.write(head)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -326,7 +325,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _await_headers(self, keep_alive: bool = False) -> None:
         """The next request's headers are awaited: from a new connection, or (``keep_alive``) after an answer,
-        when the connection also closes, quietly, if nothing at all arrives within --timeout-keep-alive."""
+        when the connection also closes, quietly, if nothing at all arrives within uvicorn's keep-alive timeout
+        (``timeout_keep_alive``, 5 s as serve runs it)."""
         self.waiting_for_headers = True
         self.idle_since = self.phase_since = now = self.loop.time()
         self.phase_bytes = 0
@@ -421,7 +421,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard.report("head", f"closed the connection from {_peer(self.client)}: its request headers were {what}")
         body = b'{"error":"the request headers are %s; send fewer or shorter headers"}' % what.encode()
         self._cancel_timers()
-        flush_held(self.transport, self.held)  # an answer still being written comes first
+        self.held.flush(self.transport)  # an answer still being written comes first
         self.transport.write(TOO_LARGE % (len(body), body))
         self.transport.close()
         self.in_headers = False
@@ -445,7 +445,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """uvicorn's, but its keep-alive timer is our check timer's: uvicorn arms a timer after every answer and
         cancels it at the next request, and at 1,000 connections that heap of timers cost 3–6% of the
-        throughput (docs/benchmarks.md). The idle connection still closes after --timeout-keep-alive."""
+        throughput (docs/benchmarks.md). The idle connection still closes after uvicorn's ``timeout_keep_alive``."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -507,7 +507,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request it cannot parse, after the answer still being written, if any."""
-        flush_held(self.transport, self.held)
+        self.held.flush(self.transport)
         super().send_400_response(msg)
 
     def _write_too_slow(self) -> None:
